@@ -1,0 +1,301 @@
+"""``edgekit benchmark``: speed, size and memory of every artifact, against the machine's limit.
+
+Everything is measured in one process and one run, so ratios between rows are fair on a
+shared, noisy machine. Device-safe except the optional Keras baselines (only when
+TensorFlow is installed) and the optional plots (only when matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import data, fileio, runtime
+from edgekit import manifest as manifest_module
+
+REPORT_JSON = "benchmark.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchmarkConfig:
+    batch_size: int = 256
+    single_runs: int = 300
+    warmup_runs: int = 20
+    batched_seconds: float = 3.0
+    threads: int | None = None
+    matmul_size: int = 1024
+    keras: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.single_runs < 10 or self.warmup_runs < 0:
+            raise ValueError("batch size >= 1, single runs >= 10, warm-up runs >= 0")
+        if self.batched_seconds <= 0:
+            raise ValueError("batched seconds must be positive")
+
+
+def percentiles(samples_seconds: list[float]) -> dict[str, float]:
+    """p50/p90/p99 and mean in milliseconds."""
+    values = np.asarray(samples_seconds) * 1000.0
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "mean_ms": float(values.mean()), "runs": int(len(values))}
+
+
+def time_single(call: Callable[[np.ndarray], Any], images: np.ndarray, config: BenchmarkConfig) -> dict[str, float]:
+    for index in range(config.warmup_runs):
+        call(images[index % len(images)][None])
+    samples = []
+    for index in range(config.single_runs):
+        image = images[index % len(images)][None]
+        started = time.perf_counter()
+        call(image)
+        samples.append(time.perf_counter() - started)
+    return percentiles(samples)
+
+
+def time_batched(call: Callable[[np.ndarray], Any], images: np.ndarray, config: BenchmarkConfig) -> dict[str, float]:
+    batch = images[: config.batch_size]
+    call(batch)  # warm-up, and allocation for this batch size
+    done, started = 0, time.perf_counter()
+    while True:
+        call(batch)
+        done += len(batch)
+        elapsed = time.perf_counter() - started
+        if elapsed >= config.batched_seconds and done >= 3 * len(batch):
+            break
+    return {"batch_size": len(batch), "images": done, "seconds": elapsed,
+            "images_per_second": done / elapsed}
+
+
+def matmul_rate(size: int, repeats: int = 10) -> dict[str, float]:
+    """This machine's float32 matrix-multiply rate (numpy's BLAS, all its threads)."""
+    rng = np.random.default_rng(0)
+    left = rng.standard_normal((size, size), dtype=np.float32)
+    right = rng.standard_normal((size, size), dtype=np.float32)
+    left @ right
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        left @ right
+        best = min(best, time.perf_counter() - started)
+    flops = 2.0 * size**3
+    return {"size": size, "best_seconds": best, "gflops": flops / best / 1e9}
+
+
+def fraction_of_peak(images_per_second: float, macs_per_image: int, gflops: float) -> float:
+    """Achieved FLOP rate (2 FLOPs per multiply-accumulate) over the measured matmul rate."""
+    return images_per_second * macs_per_image * 2.0 / (gflops * 1e9)
+
+
+def _read_status(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as stream:
+            for line in stream:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1]) / 1024.0  # kB -> MB
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_memory() -> bool:
+    """Reset the kernel's peak-RSS mark (Linux: write 5 to clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as stream:
+            stream.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_artifact(path: Path, images: np.ndarray, config: BenchmarkConfig) -> dict[str, Any]:
+    gc.collect()
+    resettable = reset_peak_memory()
+    before = _read_status("VmRSS")
+    started = time.perf_counter()
+    model = runtime.load(path, threads=config.threads)
+    load_seconds = time.perf_counter() - started
+    single = time_single(model.predict, images, config)
+    batched = time_batched(model.predict, images, config)
+    peak = _read_status("VmHWM") if resettable else None
+    return {
+        "load_seconds": load_seconds,
+        "single": single,
+        "batched": batched,
+        "peak_rss_mb": peak,
+        "peak_rss_increase_mb": None if peak is None or before is None else peak - before,
+    }
+
+
+def keras_baselines(model_path: Path, images: np.ndarray, config: BenchmarkConfig) -> dict[str, Any] | None:
+    """Keras through ``model.predict`` and through a direct call (needs TensorFlow)."""
+    try:
+        import keras  # noqa: F401
+    except ImportError:
+        return None
+    from edgekit import evaluation
+
+    model = evaluation.load_keras_model(model_path)
+    small = dataclasses.replace(config, single_runs=max(10, config.single_runs // 10),
+                                warmup_runs=min(config.warmup_runs, 5))
+    as_float = images.astype(np.float32)
+
+    def predict(x: np.ndarray) -> Any:
+        return model.predict(x.astype(np.float32), verbose=0)
+
+    def direct(x: np.ndarray) -> Any:
+        return np.asarray(model(x.astype(np.float32), training=False))
+
+    return {
+        "keras model.predict": {"single": time_single(predict, as_float, small),
+                                "batched": time_batched(predict, as_float, config)},
+        "keras direct call": {"single": time_single(direct, as_float, small),
+                              "batched": time_batched(direct, as_float, config)},
+    }
+
+
+def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
+        echo: Callable[[str], None] = print) -> dict[str, Any]:
+    folder = Path(folder)
+    manifest = manifest_module.load(folder)
+    images = bench_images(folder, manifest, data_dir)
+    echo(f"measuring the float32 matmul rate ({config.matmul_size}x{config.matmul_size})")
+    peak = matmul_rate(config.matmul_size)
+    reference = manifest.get("reference") or {}
+    macs = int(reference.get("macs_per_image") or 0)
+    rows: list[dict[str, Any]] = []
+    for entry in manifest["artifacts"]:
+        echo(f"benchmarking {entry['file']}")
+        measured = measure_artifact(manifest_module.safe_file(folder, entry["file"]), images, config)
+        rows.append(row(entry["file"], entry["format"], entry["precision"],
+                        entry.get("runtime", entry["format"]), entry["bytes"],
+                        (entry.get("metrics") or {}).get("accuracy"), measured, macs, peak))
+    if config.keras and reference.get("file"):
+        echo("benchmarking the Keras baselines")
+        baselines = keras_baselines(folder / reference["file"], images, config)
+        for name, measured in (baselines or {}).items():
+            rows.append(row(name, "keras", "fp32", "tensorflow", reference.get("bytes", 0),
+                            reference.get("test_accuracy"), measured, macs, peak))
+    result = {
+        "machine": machine(),
+        "config": dataclasses.asdict(config),
+        "matmul": peak,
+        "macs_per_image": macs,
+        "rows": rows,
+    }
+    reports = fileio.ensure_dir(folder / "reports")
+    fileio.write_json(reports / REPORT_JSON, result)
+    plot(result, reports, echo)
+    return result
+
+
+def row(name: str, export_format: str, precision: str, runtime_name: str, size: int,
+        accuracy: float | None, measured: dict[str, Any], macs: int, peak: dict[str, float]) -> dict[str, Any]:
+    throughput = measured["batched"]["images_per_second"]
+    return {
+        "artifact": name, "format": export_format, "precision": precision,
+        "runtime": runtime_name, "bytes": size, "accuracy": accuracy,
+        **measured,
+        "fraction_of_matmul_rate": fraction_of_peak(throughput, macs, peak["gflops"]) if macs else None,
+    }
+
+
+def bench_images(folder: Path, manifest: dict[str, Any], data_dir: str | None) -> np.ndarray:
+    """Real test images: the golden bundle's (no dataset needed), else the dataset's."""
+    golden_name = (manifest.get("reference") or {}).get("golden_file")
+    if golden_name and (folder / golden_name).is_file():
+        with np.load(folder / golden_name) as bundle:
+            images = bundle["images"]
+    else:
+        images = data.load_test(data_dir).images[:512]
+    while len(images) < 1024:
+        images = np.concatenate([images, images])
+    return images
+
+
+def machine() -> dict[str, Any]:
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as stream:
+            for line in stream:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = line
+                    break
+    except OSError:
+        name = platform.processor()
+    import onnxruntime
+
+    try:
+        from ai_edge_litert import __version__ as litert_version  # type: ignore[attr-defined]
+    except ImportError:
+        litert_version = "unknown"
+    return {
+        "cpu": name if flags else platform.processor(),
+        "cpus": os.cpu_count(),
+        "avx2": " avx2" in flags, "avx512": " avx512f" in flags,
+        "vnni": " avx512_vnni" in flags or " avx_vnni" in flags,
+        "python": platform.python_version(), "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__, "ai_edge_litert": litert_version,
+    }
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    lines = [f"| {'artifact':<22} | {'size':>9} | {'accuracy':>8} | {'load ms':>7} | {'p50 ms':>7} | "
+             f"{'p90 ms':>7} | {'p99 ms':>7} | {'batch img/s':>11} | {'% matmul':>8} | {'peak MB':>7} |"]
+    lines.append("|" + "|".join("-" * (len(cell)) for cell in lines[0].split("|")[1:-1]) + "|")
+    for item in result["rows"]:
+        accuracy = f"{item['accuracy']:.2%}" if item.get("accuracy") is not None else "—"
+        load = f"{item['load_seconds'] * 1000:.0f}" if "load_seconds" in item else "—"
+        fraction = item.get("fraction_of_matmul_rate")
+        peak = item.get("peak_rss_mb")
+        lines.append(
+            f"| {item['artifact']:<22} | {fileio.human_size(item['bytes']):>9} | {accuracy:>8} | "
+            f"{load:>7} | {item['single']['p50_ms']:>7.3f} | {item['single']['p90_ms']:>7.3f} | "
+            f"{item['single']['p99_ms']:>7.3f} | {item['batched']['images_per_second']:>11,.0f} | "
+            f"{(f'{fraction:.1%}' if fraction is not None else '—'):>8} | "
+            f"{(f'{peak:.0f}' if peak is not None else '—'):>7} |")
+    return lines
+
+
+def plot(result: dict[str, Any], reports: Path, echo: Callable[[str], None]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        echo("matplotlib not installed: skipping benchmark plots (pip install 'edgekit[train]')")
+        return
+    rows = result["rows"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for item in rows:
+        if item.get("accuracy") is None:
+            continue
+        left.scatter(item["single"]["p50_ms"], 100 * item["accuracy"])
+        left.annotate(item["artifact"], (item["single"]["p50_ms"], 100 * item["accuracy"]),
+                      fontsize=7, xytext=(4, 2), textcoords="offset points")
+    left.set_xscale("log")
+    left.set_xlabel("single-image latency p50 (ms, log)")
+    left.set_ylabel("test accuracy (%)")
+    left.set_title("accuracy vs latency")
+    left.grid(alpha=0.3)
+    names = [item["artifact"] for item in rows]
+    right.barh(names, [item["batched"]["images_per_second"] for item in rows])
+    right.set_xscale("log")
+    right.set_xlabel(f"batched throughput (images/s, batch {result['config']['batch_size']}, log)")
+    right.set_title("throughput")
+    right.invert_yaxis()
+    figure.tight_layout()
+    with fileio.atomic_path(reports / "benchmark.png") as temporary:
+        figure.savefig(temporary, dpi=110, format="png")
+    plt.close(figure)

@@ -1,0 +1,91 @@
+"""Configuration as data: one frozen dataclass per command, saved with what it produced."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+
+class Architecture(str, enum.Enum):
+    REFERENCE = "reference"
+
+
+class ExportFormat(str, enum.Enum):
+    TFLITE = "tflite"
+    ONNX = "onnx"
+    ALL = "all"
+
+
+class Quantization(str, enum.Enum):
+    NONE = "none"  # float32
+    FLOAT16 = "float16"
+    DYNAMIC = "dynamic"
+    INT8 = "int8"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    architecture: Architecture = Architecture.REFERENCE
+    epochs: int = 40
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    patience: int = 6
+    seed: int = 42
+    validation_fraction: float = 0.1
+    augment: bool = True
+    limit: int | None = None
+    dropout_rate: float = 0.3
+    conv_filters: tuple[int, int] = (32, 64)
+    dense_units: int = 128
+    # Augmentation strengths (Keras preprocessing-layer units).
+    rotation_factor: float = 0.015  # fraction of a full turn: about +/-5 degrees
+    zoom_factor: float = 0.05
+    shift_factor: float = 0.06
+    horizontal_flip: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "architecture", Architecture(self.architecture))
+        object.__setattr__(self, "conv_filters", tuple(self.conv_filters))
+        if self.epochs < 1:
+            raise ValueError("epochs must be at least 1")
+        if self.batch_size < 1:
+            raise ValueError("batch size must be at least 1")
+        if not 0.0 < self.learning_rate < 1.0:
+            raise ValueError("learning rate must be in (0, 1)")
+        if self.patience < 0:
+            raise ValueError("patience must be zero or more")
+        if not 0.0 < self.validation_fraction < 0.5:
+            raise ValueError("validation fraction must be in (0, 0.5)")
+        if self.limit is not None and self.limit < 20:
+            raise ValueError("limit must be at least 20 images")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError("dropout rate must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = dataclasses.asdict(self)
+        payload["architecture"] = self.architecture.value
+        payload["conv_filters"] = list(self.conv_filters)
+        return payload
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> TrainConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in payload.items() if key in known})
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    format: ExportFormat = ExportFormat.ALL
+    quantize: tuple[Quantization, ...] = ()
+    calibration_size: int = 500
+    opset: int = 17
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "format", ExportFormat(self.format))
+        object.__setattr__(self, "quantize", tuple(Quantization(q) for q in self.quantize))
+        if self.calibration_size < 1:
+            raise ValueError("calibration size must be at least 1")
+        if not 13 <= self.opset <= 21:
+            raise ValueError("opset must be between 13 and 21")

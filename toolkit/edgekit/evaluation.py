@@ -1,0 +1,122 @@
+"""``edgekit evaluate``: test-set metrics, classification report and figures (workstation)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from edgekit import data, errors, fileio, plots, training
+from edgekit.contract import LABELS
+
+PREDICTION_GRID_SIZE = 32
+
+
+def load_keras_model(path: Path) -> Any:
+    """Load a ``.keras`` file in Keras' safe mode, with a clear error for a bad file."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise errors.ModelError(f"model file {path} does not exist. Train one with `edgekit train`.")
+    if path.suffix != ".keras":
+        raise errors.ModelError(f"{path} is not a .keras model file.")
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # Keras raises many types for a corrupt archive
+        raise errors.ModelError(
+            f"cannot load Keras model {path}: {str(error).splitlines()[0][:200]}. "
+            "The file is corrupt or not a Keras 3 model; retrain with `edgekit train`."
+        ) from error
+
+
+def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """The reference float32 probabilities, by a direct call in batches (no Keras overhead)."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].astype(np.float32)
+        outputs.append(np.asarray(model(batch, training=False), dtype=np.float32))
+    return np.concatenate(outputs)
+
+
+def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    picked = probabilities[np.arange(len(labels)), labels]
+    return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
+
+
+def evaluate(model_path: Path, output_dir: Path, data_dir: str | None = None) -> dict[str, Any]:
+    output_dir = fileio.ensure_dir(output_dir)
+    model = load_keras_model(model_path)
+    dataset = data.load(data_dir)
+    test = dataset.test
+    started = time.perf_counter()
+    probabilities = predict_probabilities(model, test.images)
+    seconds = time.perf_counter() - started
+    predicted = probabilities.argmax(axis=1)
+    labels = test.labels.astype(np.int64)
+    matrix = sk_metrics.confusion_matrix(labels, predicted, labels=range(len(LABELS)))
+    report = sk_metrics.classification_report(labels, predicted, labels=range(len(LABELS)),
+                                              target_names=list(LABELS), output_dict=True,
+                                              digits=4, zero_division=0)
+    report_text = sk_metrics.classification_report(labels, predicted, labels=range(len(LABELS)),
+                                                   target_names=list(LABELS), digits=4,
+                                                   zero_division=0)
+    accuracy = float(sk_metrics.accuracy_score(labels, predicted))
+    result: dict[str, Any] = {
+        "model": str(model_path),
+        "model_sha256": fileio.sha256_of(model_path),
+        "test_images": int(len(test)),
+        "accuracy": accuracy,
+        "loss": cross_entropy(probabilities, labels),
+        "correct": int((predicted == labels).sum()),
+        "per_class": {
+            label: {
+                "precision": report[label]["precision"],
+                "recall": report[label]["recall"],
+                "f1": report[label]["f1-score"],
+                "support": int(report[label]["support"]),
+            }
+            for label in LABELS
+        },
+        "macro_f1": report["macro avg"]["f1-score"],
+        "confusion_matrix": matrix.tolist(),
+        "labels": list(LABELS),
+        "predict_seconds": round(seconds, 3),
+        "dataset": str(dataset.source),
+    }
+    record = training.load_record(Path(model_path))
+    if record is not None:
+        result["training"] = {key: record[key] for key in
+                              ("parameters", "epochs_run", "best_epoch", "validation_accuracy",
+                               "train_seconds") if key in record}
+    write_reports(result, report_text, probabilities, test, dataset.train, Path(model_path), output_dir)
+    return result
+
+
+def write_reports(result: dict[str, Any], report_text: str, probabilities: np.ndarray,
+                  test: data.Split, train: data.Split, model_path: Path, output_dir: Path) -> None:
+    matrix = np.asarray(result["confusion_matrix"])
+    fileio.write_json(output_dir / "confusion_matrix.json",
+                      {"labels": list(LABELS), "rows": "true", "columns": "predicted",
+                       "matrix": matrix.tolist()})
+    fileio.write_text(output_dir / "classification_report.txt", report_text)
+    plots.confusion_matrix(matrix, output_dir / "confusion_matrix.png",
+                           f"confusion matrix, accuracy {result['accuracy']:.2%} on "
+                           f"{result['test_images']:,} test images")
+    history_path = model_path.parent / training.HISTORY_FILE
+    if history_path.is_file():
+        epochs = json.loads(history_path.read_text())["epochs"]
+        plots.training_curves(epochs, output_dir / "training_curves.png")
+        result["figures_training_curves"] = "training_curves.png"
+    predicted = probabilities.argmax(axis=1)
+    # Show the first images, then make sure some mistakes are visible too.
+    wrong = np.flatnonzero(predicted != test.labels)[: PREDICTION_GRID_SIZE // 4]
+    chosen = np.unique(np.concatenate([np.arange(PREDICTION_GRID_SIZE - len(wrong)), wrong]))
+    plots.prediction_grid(test.images[chosen], test.labels[chosen], predicted[chosen],
+                          probabilities[chosen].max(axis=1), output_dir / "predictions.png")
+    plots.samples_per_class(train.images, train.labels, output_dir / "samples.png")
+    fileio.write_json(output_dir / "metrics.json", result)

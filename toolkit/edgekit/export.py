@@ -1,0 +1,339 @@
+"""``edgekit export``: Keras model -> TFLite (fp32, fp16, dynamic, int8) and ONNX (fp32, int8).
+
+Workstation only (TensorFlow, tf2onnx, onnx, onnxruntime.quantization). Every file is
+written atomically; the manifest is updated once all requested artifacts exist. Tensor
+names, dtypes and quantisation parameters in the manifest are read back through the same
+device runtimes that will run the files (``edgekit.runtime``), so they describe what a
+device sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import __version__, data, errors, fileio, models, runtime, tflite_metadata, training
+from edgekit import manifest as manifest_module
+from edgekit.config import ExportConfig, ExportFormat, Quantization
+from edgekit.contract import INPUT_CONTRACT, INPUT_SHAPE, LABELS
+
+REFERENCE_FILE = "model.keras"
+REFERENCE_OUTPUTS_FILE = "reference.npz"
+GOLDEN_FILE = "golden.npz"
+GOLDEN_PER_CLASS = 30
+LABELS_FILE = "labels.txt"
+PRECISION_NAMES = {Quantization.NONE: "fp32", Quantization.FLOAT16: "fp16",
+                   Quantization.DYNAMIC: "dynamic", Quantization.INT8: "int8"}
+SUPPORTED = {
+    ExportFormat.TFLITE: (Quantization.NONE, Quantization.FLOAT16, Quantization.DYNAMIC,
+                          Quantization.INT8),
+    ExportFormat.ONNX: (Quantization.NONE, Quantization.INT8),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    file: str
+    format: ExportFormat
+    quantization: Quantization
+    seconds: float
+    bytes: int
+
+
+def artifact_name(export_format: ExportFormat, quantization: Quantization) -> str:
+    return f"model_{PRECISION_NAMES[quantization]}.{export_format.value}"
+
+
+def plan(config: ExportConfig) -> list[tuple[ExportFormat, Quantization]]:
+    """The (format, quantization) pairs a config asks for, rejecting unsupported pairs."""
+    formats = [ExportFormat.TFLITE, ExportFormat.ONNX] if config.format == ExportFormat.ALL \
+        else [config.format]
+    pairs = []
+    for export_format in formats:
+        wanted = config.quantize or SUPPORTED[export_format]
+        for quantization in wanted:
+            if quantization not in SUPPORTED[export_format]:
+                if config.format == ExportFormat.ALL:
+                    continue
+                raise errors.ExportError(
+                    f"{export_format.value} export does not support --quantize "
+                    f"{quantization.value}; choose one of "
+                    f"{', '.join(q.value for q in SUPPORTED[export_format])}."
+                )
+            pairs.append((export_format, quantization))
+    if not pairs:
+        raise errors.ExportError("nothing to export for that --format/--quantize combination.")
+    return pairs
+
+
+def calibration_images(train: data.Split, size: int, seed: int) -> np.ndarray:
+    """A seeded random sample of *training* images (never test images) for calibration."""
+    rng = np.random.default_rng(seed)
+    indices = rng.choice(len(train), size=min(size, len(train)), replace=False)
+    return train.images[np.sort(indices)].astype(np.float32)
+
+
+def serving_function(model: Any) -> Any:
+    """A tf.function with an explicit signature: tf2onnx's ``from_keras`` fails on Keras 3."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, *INPUT_SHAPE], tf.float32, name="pixels")
+
+    @tf.function(input_signature=[spec])
+    def serve(pixels: Any) -> Any:
+        return {"probabilities": model(pixels, training=False)}
+
+    return serve
+
+
+# --- TFLite -------------------------------------------------------------------------------
+
+
+def to_tflite(model: Any, quantization: Quantization, calibration: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    # from_keras_model freezes Keras 3 variables into the flatbuffer; from_concrete_functions
+    # on a Keras 3 model leaves READ_VARIABLE ops without data.
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantization == Quantization.FLOAT16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == Quantization.DYNAMIC:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantization == Quantization.INT8:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative(calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    try:
+        flatbuffer = converter.convert()
+    except Exception as error:
+        raise errors.ExportError(f"TFLite conversion ({quantization.value}) failed: "
+                                 f"{str(error).splitlines()[0][:300]}") from error
+    return add_tflite_metadata(flatbuffer)
+
+
+def _representative(calibration: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
+    def generate() -> Iterator[list[np.ndarray]]:
+        for image in calibration:
+            yield [image[None]]
+    return generate
+
+
+def edgekit_metadata() -> dict[str, Any]:
+    return {"labels": list(LABELS), "input": INPUT_CONTRACT, "generator": f"edgekit {__version__}"}
+
+
+def add_tflite_metadata(flatbuffer: bytes) -> bytes:
+    """Embed labels and the input contract as a TFLite metadata entry named ``edgekit``.
+
+    Done with TensorFlow's flatbuffer utilities, because ``tflite-support`` (the usual
+    metadata writer) has no wheels for current Pythons.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(edgekit_metadata()).encode("utf-8"), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = tflite_metadata.METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+# --- ONNX ---------------------------------------------------------------------------------
+
+
+def to_onnx(model: Any, opset: int) -> Any:
+    import tf2onnx
+
+    function = serving_function(model)
+    try:
+        proto, _ = tf2onnx.convert.from_function(
+            function, input_signature=function.input_signature, opset=opset)
+    except Exception as error:
+        raise errors.ExportError(f"ONNX conversion failed: {str(error).splitlines()[0][:300]}") from error
+    return proto
+
+
+def add_onnx_metadata(proto: Any, precision: str) -> Any:
+    import onnx
+
+    metadata = edgekit_metadata()
+    entries = {"labels": json.dumps(metadata["labels"]), "input": json.dumps(metadata["input"]),
+               "generator": metadata["generator"], "precision": precision}
+    kept = [prop for prop in proto.metadata_props if prop.key not in entries]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in entries.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    proto.producer_name = "edgekit"
+    proto.producer_version = __version__
+    return proto
+
+
+class _CalibrationReader:
+    """ONNX Runtime's CalibrationDataReader over training images, a batch at a time."""
+
+    def __init__(self, input_name: str, images: np.ndarray, batch_size: int = 50):
+        self._batches = iter([{input_name: images[start:start + batch_size]}
+                              for start in range(0, len(images), batch_size)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize_onnx(float_proto: Any, calibration: np.ndarray) -> Any:
+    """Static QDQ int8 quantisation with ONNX Runtime, calibrated on training images."""
+    import onnx
+    from onnxruntime import quantization as ort_quantization
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-") as scratch:
+        float_path = Path(scratch) / "float.onnx"
+        prepared_path = Path(scratch) / "prepared.onnx"
+        int8_path = Path(scratch) / "int8.onnx"
+        onnx.save(float_proto, float_path)
+        ort_quantization.shape_inference.quant_pre_process(str(float_path), str(prepared_path))
+        input_name = float_proto.graph.input[0].name
+        try:
+            ort_quantization.quantize_static(
+                str(prepared_path), str(int8_path),
+                _CalibrationReader(input_name, calibration),
+                quant_format=ort_quantization.QuantFormat.QDQ,
+                activation_type=ort_quantization.QuantType.QUInt8,
+                weight_type=ort_quantization.QuantType.QInt8,
+                per_channel=True,
+                calibrate_method=ort_quantization.CalibrationMethod.MinMax,
+            )
+        except Exception as error:
+            raise errors.ExportError(f"ONNX int8 quantisation failed: {error}") from error
+        return onnx.load(int8_path)
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+def export(model_path: Path, output_dir: Path, config: ExportConfig, data_dir: str | None = None,
+           echo: Callable[[str], None] = print) -> list[Artifact]:
+    """Export every requested artifact into ``output_dir`` and update its manifest."""
+    import onnx
+
+    from edgekit import evaluation
+
+    pairs = plan(config)
+    output_dir = fileio.ensure_dir(output_dir)
+    model = evaluation.load_keras_model(model_path)
+    dataset = data.load(data_dir)
+    calibration = calibration_images(dataset.train, config.calibration_size, config.seed)
+    manifest = manifest_module.load_or_empty(output_dir)
+    reference_entry = write_reference(model, Path(model_path), output_dir, dataset.test)
+    if manifest.get("reference") and manifest["reference"].get("sha256") != reference_entry["sha256"]:
+        # A new reference model invalidates every artifact measured against the old one.
+        manifest["artifacts"] = []
+    manifest["reference"] = reference_entry
+    fileio.write_text(output_dir / LABELS_FILE, "\n".join(LABELS) + "\n")
+
+    artifacts: list[Artifact] = []
+    onnx_float = None
+    for export_format, quantization in pairs:
+        started = time.perf_counter()
+        name = artifact_name(export_format, quantization)
+        if export_format == ExportFormat.TFLITE:
+            payload = to_tflite(model, quantization, calibration)
+        else:
+            if onnx_float is None:
+                onnx_float = to_onnx(model, config.opset)
+            proto = onnx_float if quantization == Quantization.NONE \
+                else quantize_onnx(onnx_float, calibration)
+            payload = add_onnx_metadata(proto, PRECISION_NAMES[quantization]).SerializeToString()
+            onnx.checker.check_model(onnx.load_from_string(payload))
+        fileio.write_bytes(output_dir / name, payload)
+        seconds = time.perf_counter() - started
+        entry = artifact_entry(output_dir / name, export_format, quantization, config, seconds)
+        manifest_module.upsert_artifact(manifest, entry)
+        artifacts.append(Artifact(name, export_format, quantization, seconds, len(payload)))
+        echo(f"exported {output_dir / name} ({fileio.human_size(len(payload))}, {seconds:.1f} s)")
+    manifest_module.save(output_dir, manifest)
+    return artifacts
+
+
+def artifact_entry(path: Path, export_format: ExportFormat, quantization: Quantization,
+                   config: ExportConfig, seconds: float) -> dict[str, Any]:
+    loaded = runtime.load(path, verify_sha256=False)
+    settings: dict[str, Any] = {"seconds": round(seconds, 2)}
+    if quantization == Quantization.INT8:
+        settings["calibration_images"] = config.calibration_size
+        settings["calibration_source"] = "training split, seeded random sample"
+        settings["calibration_seed"] = config.seed
+    if export_format == ExportFormat.ONNX:
+        settings["opset"] = config.opset
+    return {
+        "file": path.name,
+        "format": export_format.value,
+        "precision": PRECISION_NAMES[quantization],
+        "runtime": "onnxruntime" if export_format == ExportFormat.ONNX else "ai-edge-litert",
+        "bytes": path.stat().st_size,
+        "sha256": fileio.sha256_of(path),
+        **loaded.describe(),
+        "export": settings,
+        "metrics": None,
+    }
+
+
+def write_reference(model: Any, model_path: Path, output_dir: Path, test: data.Split) -> dict[str, Any]:
+    """Copy the Keras model beside the artifacts and store its test-set probabilities.
+
+    The stored probabilities let ``edgekit verify`` run without TensorFlow; the golden
+    bundle (a stratified few hundred test images) lets it run without the dataset.
+    """
+    from edgekit import evaluation
+
+    target = output_dir / REFERENCE_FILE
+    if Path(model_path).resolve() != target.resolve():
+        fileio.copy_file(model_path, target)
+    sha256 = fileio.sha256_of(target)
+    probabilities = evaluation.predict_probabilities(model, test.images)
+    with fileio.atomic_path(output_dir / REFERENCE_OUTPUTS_FILE) as temporary:
+        np.savez_compressed(temporary, probabilities=probabilities, labels=test.labels,
+                            model_sha256=np.array(sha256))
+    golden = golden_indices(test.labels)
+    with fileio.atomic_path(output_dir / GOLDEN_FILE) as temporary:
+        np.savez_compressed(temporary, indices=golden, images=test.images[golden],
+                            labels=test.labels[golden], probabilities=probabilities[golden],
+                            model_sha256=np.array(sha256))
+    record = training.load_record(Path(model_path)) or {}
+    return {
+        "file": REFERENCE_FILE,
+        "format": "keras",
+        "bytes": target.stat().st_size,
+        "sha256": sha256,
+        "parameters": int(model.count_params()),
+        "macs_per_image": models.count_macs(model),
+        "architecture": record.get("config", {}).get("architecture", "unknown"),
+        "training": {key: record[key] for key in
+                     ("config", "epochs_run", "best_epoch", "validation_accuracy", "train_seconds",
+                      "environment") if key in record},
+        "test_accuracy": float((probabilities.argmax(1) == test.labels).mean()),
+        "outputs_file": REFERENCE_OUTPUTS_FILE,
+        "outputs_sha256": fileio.sha256_of(output_dir / REFERENCE_OUTPUTS_FILE),
+        "golden_file": GOLDEN_FILE,
+        "golden_sha256": fileio.sha256_of(output_dir / GOLDEN_FILE),
+        "golden_images": int(len(golden)),
+    }
+
+
+def golden_indices(labels: np.ndarray) -> np.ndarray:
+    """The first GOLDEN_PER_CLASS test images of each class, in test-set order."""
+    chosen = [np.flatnonzero(labels == label)[:GOLDEN_PER_CLASS] for label in range(len(LABELS))]
+    return np.sort(np.concatenate(chosen))

@@ -1,0 +1,72 @@
+"""Model architectures (workstation only: imports Keras)."""
+
+from __future__ import annotations
+
+import keras
+
+from edgekit.config import Architecture, TrainConfig
+from edgekit.contract import INPUT_SHAPE, NUM_CLASSES
+
+
+def build(config: TrainConfig) -> keras.Model:
+    builders = {Architecture.REFERENCE: build_reference}
+    return builders[config.architecture](config)
+
+
+def build_reference(config: TrainConfig) -> keras.Model:
+    """The reference notebook's CNN: two conv + max-pool blocks, dense, dropout, softmax.
+
+    The input is raw 0-255 pixels as float32; scaling sits inside the graph so that every
+    exported artifact shares one input contract (keras-io's image_classification_from_scratch).
+    """
+    first, second = config.conv_filters
+    inputs = keras.Input(shape=INPUT_SHAPE, dtype="float32", name="pixels")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    x = keras.layers.Conv2D(first, 3, padding="same", activation="relu", name="conv1")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.Conv2D(second, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool2")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
+    x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"edgekit_{config.architecture.value}")
+
+
+def build_augmenter(config: TrainConfig) -> keras.Sequential:
+    """Training-time augmentation, kept out of the deployed model.
+
+    Empty space is filled with 0, the dataset's background, not reflected garment.
+    """
+    layers: list[keras.layers.Layer] = []
+    if config.horizontal_flip:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=config.seed))
+    if config.rotation_factor > 0:
+        layers.append(keras.layers.RandomRotation(
+            config.rotation_factor, fill_mode="constant", fill_value=0.0, seed=config.seed + 1))
+    if config.zoom_factor > 0:
+        layers.append(keras.layers.RandomZoom(
+            config.zoom_factor, fill_mode="constant", fill_value=0.0, seed=config.seed + 2))
+    if config.shift_factor > 0:
+        layers.append(keras.layers.RandomTranslation(
+            config.shift_factor, config.shift_factor, fill_mode="constant", fill_value=0.0,
+            seed=config.seed + 3))
+    return keras.Sequential(layers, name="augmentation")
+
+
+def count_macs(model: keras.Model) -> int:
+    """Multiply-accumulates per image of Conv2D, DepthwiseConv2D and Dense layers."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            _, height, width, channels = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += height * width * channels * kh * kw
+        elif isinstance(layer, keras.layers.Conv2D):
+            _, height, width, out_channels = layer.output.shape
+            kh, kw = layer.kernel_size
+            in_channels = layer.input.shape[-1]
+            total += height * width * out_channels * kh * kw * in_channels // layer.groups
+        elif isinstance(layer, keras.layers.Dense):
+            total += int(layer.input.shape[-1]) * layer.units
+    return int(total)

@@ -1,0 +1,146 @@
+"""Parity arithmetic: how far an artifact's outputs are from the reference model's.
+
+Device-safe (numpy and the standard library). Definitions follow DESIGN.md: accuracy,
+top-1 agreement with the reference, max/mean absolute probability difference, the flip
+table, per-class accuracy deltas and McNemar's exact test on correctness.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from edgekit.contract import LABELS
+
+
+@dataclasses.dataclass(frozen=True)
+class Bar:
+    """Pass conditions for one precision. ``None`` means "not checked"."""
+
+    min_agreement_percent: float
+    max_abs_diff: float | None
+    max_accuracy_drop_pp: float
+
+    def to_dict(self) -> dict[str, float | None]:
+        return dataclasses.asdict(self)
+
+
+DEFAULT_BARS: dict[str, Bar] = {
+    "fp32": Bar(99.98, 1e-4, 0.02),
+    "fp16": Bar(99.9, 5e-3, 0.1),
+    "dynamic": Bar(99.5, None, 0.3),
+    "int8": Bar(99.0, None, 0.5),
+}
+BAR_FIELDS = {"agreement": "min_agreement_percent", "max_abs_diff": "max_abs_diff",
+              "accuracy_drop": "max_accuracy_drop_pp"}
+
+
+def with_overrides(bars: dict[str, Bar], overrides: list[str]) -> dict[str, Bar]:
+    """Apply ``PRECISION.MEASURE=VALUE`` overrides, e.g. ``int8.agreement=99.5``."""
+    result = dict(bars)
+    for text in overrides:
+        try:
+            key, value_text = text.split("=", 1)
+            precision, measure = key.strip().split(".", 1)
+            value = None if value_text.strip().lower() in ("none", "off") else float(value_text)
+        except ValueError:
+            raise ValueError(f"bar {text!r} is not PRECISION.MEASURE=VALUE "
+                             "(e.g. int8.agreement=99.5)") from None
+        if precision not in result:
+            raise ValueError(f"bar {text!r}: unknown precision {precision!r}; "
+                             f"choose from {', '.join(result)}")
+        if measure not in BAR_FIELDS:
+            raise ValueError(f"bar {text!r}: unknown measure {measure!r}; "
+                             f"choose from {', '.join(BAR_FIELDS)}")
+        if value is None and measure != "max_abs_diff":
+            raise ValueError(f"bar {text!r}: only max_abs_diff can be switched off")
+        result[precision] = dataclasses.replace(result[precision], **{BAR_FIELDS[measure]: value})
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    measure: str
+    value: float
+    bar: float | None
+    passed: bool
+    comparison: str  # ">=" or "<="
+
+
+def mcnemar_exact(reference_correct: np.ndarray, artifact_correct: np.ndarray) -> dict[str, Any]:
+    """McNemar's exact (binomial) test on paired correctness.
+
+    ``b``: reference right, artifact wrong; ``c``: the reverse. Two-sided p-value of
+    ``min(b, c)`` under Binomial(b + c, 1/2). A large p means the accuracy difference is
+    indistinguishable from noise.
+    """
+    b = int(np.sum(reference_correct & ~artifact_correct))
+    c = int(np.sum(~reference_correct & artifact_correct))
+    n = b + c
+    if n == 0:
+        p_value = 1.0
+    else:
+        tail = sum(math.comb(n, i) for i in range(min(b, c) + 1))
+        p_value = min(1.0, 2 * tail / 2**n)  # exact integer arithmetic, one rounding
+    return {"reference_only_correct": b, "artifact_only_correct": c, "p_value": p_value}
+
+
+def measure(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray,
+            indices: np.ndarray | None = None) -> dict[str, Any]:
+    """Every parity measure of ``outputs`` against ``reference`` on the same images."""
+    if reference.shape != outputs.shape:
+        raise ValueError(f"outputs have shape {outputs.shape}, reference {reference.shape}")
+    labels = labels.astype(np.int64)
+    indices = np.arange(len(labels)) if indices is None else indices
+    reference_class = reference.argmax(axis=1)
+    artifact_class = outputs.argmax(axis=1)
+    reference_correct = reference_class == labels
+    artifact_correct = artifact_class == labels
+    difference = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
+    flipped = np.flatnonzero(reference_class != artifact_class)
+    per_class = {}
+    for label_index, label in enumerate(LABELS):
+        members = labels == label_index
+        if members.any():
+            per_class[label] = {
+                "reference_accuracy": float(reference_correct[members].mean()),
+                "artifact_accuracy": float(artifact_correct[members].mean()),
+                "delta_pp": float(100 * (artifact_correct[members].mean()
+                                         - reference_correct[members].mean())),
+            }
+    reference_accuracy = float(reference_correct.mean())
+    accuracy = float(artifact_correct.mean())
+    return {
+        "images": int(len(labels)),
+        "accuracy": accuracy,
+        "reference_accuracy": reference_accuracy,
+        "accuracy_drop_pp": 100 * (reference_accuracy - accuracy),
+        "agreement": float((reference_class == artifact_class).mean()),
+        "max_abs_diff": float(difference.max()),
+        "mean_abs_diff": float(difference.mean()),
+        "flips": [
+            {"index": int(indices[i]), "true": LABELS[labels[i]],
+             "reference": LABELS[reference_class[i]], "artifact": LABELS[artifact_class[i]]}
+            for i in flipped
+        ],
+        "per_class": per_class,
+        "mcnemar": mcnemar_exact(reference_correct, artifact_correct),
+    }
+
+
+def check(measures: dict[str, Any], bar: Bar) -> list[Check]:
+    """Compare measures with a bar; returns every check, passed or not."""
+    agreement_percent = 100 * measures["agreement"]
+    checks = [Check("agreement_percent", agreement_percent, bar.min_agreement_percent,
+                    agreement_percent >= bar.min_agreement_percent - 1e-9, ">=")]
+    if bar.max_abs_diff is not None:
+        checks.append(Check("max_abs_diff", measures["max_abs_diff"], bar.max_abs_diff,
+                            measures["max_abs_diff"] <= bar.max_abs_diff, "<="))
+    else:
+        checks.append(Check("max_abs_diff", measures["max_abs_diff"], None, True, "<="))
+    checks.append(Check("accuracy_drop_pp", measures["accuracy_drop_pp"], bar.max_accuracy_drop_pp,
+                        measures["accuracy_drop_pp"] <= bar.max_accuracy_drop_pp + 1e-9, "<="))
+    return checks
