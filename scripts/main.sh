@@ -32,3 +32,5 @@ with open(path + ".tmp", "w") as stream:
 os.replace(path + ".tmp", path)
 print(f"\nmain run: {end - start} s wall on {os.cpu_count()} CPUs (recorded in {path})")
 PY
+if [ "$OUT" = "exported" ]; then "$VENV/bin/python" "$ROOT/scripts/update_readme.py" "$OUT"; fi
+echo "Next: scripts/test.sh, or edgekit predict IMAGE --model $OUT/model_int8.tflite"

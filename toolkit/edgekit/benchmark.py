@@ -49,7 +49,8 @@ def percentiles(samples_seconds: list[float]) -> dict[str, float]:
             "mean_ms": float(values.mean()), "runs": int(len(values))}
 
 
-def time_single(call: Callable[[np.ndarray], Any], images: np.ndarray, config: BenchmarkConfig) -> dict[str, float]:
+def time_single(call: Callable[[np.ndarray], Any], images: np.ndarray,
+                config: BenchmarkConfig) -> dict[str, float]:
     for index in range(config.warmup_runs):
         call(images[index % len(images)][None])
     samples = []
@@ -61,7 +62,8 @@ def time_single(call: Callable[[np.ndarray], Any], images: np.ndarray, config: B
     return percentiles(samples)
 
 
-def time_batched(call: Callable[[np.ndarray], Any], images: np.ndarray, config: BenchmarkConfig) -> dict[str, float]:
+def time_batched(call: Callable[[np.ndarray], Any], images: np.ndarray,
+                 config: BenchmarkConfig) -> dict[str, Any]:
     batch = images[: config.batch_size]
     call(batch)  # warm-up, and allocation for this batch size
     done, started = 0, time.perf_counter()
@@ -135,7 +137,8 @@ def measure_artifact(path: Path, images: np.ndarray, config: BenchmarkConfig) ->
     }
 
 
-def keras_baselines(model_path: Path, images: np.ndarray, config: BenchmarkConfig) -> dict[str, Any] | None:
+def keras_baselines(model_path: Path, images: np.ndarray,
+                    config: BenchmarkConfig) -> dict[str, Any] | None:
     """Keras through ``model.predict`` and through a direct call (needs TensorFlow)."""
     try:
         import keras  # noqa: F401
@@ -198,7 +201,8 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
 
 
 def row(name: str, export_format: str, precision: str, runtime_name: str, size: int,
-        accuracy: float | None, measured: dict[str, Any], macs: int, peak: dict[str, float]) -> dict[str, Any]:
+        accuracy: float | None, measured: dict[str, Any], macs: int,
+        peak: dict[str, float]) -> dict[str, Any]:
     throughput = measured["batched"]["images_per_second"]
     return {
         "artifact": name, "format": export_format, "precision": precision,

@@ -214,8 +214,8 @@ def predict(images: tuple[Path, ...], model_path: Path, top_k: int, as_json: boo
     model = runtime.load(model_path, threads=threads, verify_sha256=not no_verify_sha256)
     prepared = [images_module.prepare(path) for path in images]
     probabilities = model.predict(np.stack([item.pixels for item in prepared]))
-    results = []
-    for item, row in zip(prepared, probabilities):
+    results: list[dict[str, Any]] = []
+    for item, row in zip(prepared, probabilities, strict=True):
         order = np.argsort(row)[::-1][:top_k]
         results.append({
             "image": str(item.path),

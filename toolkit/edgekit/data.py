@@ -99,9 +99,9 @@ def locate(data_dir: str | os.PathLike[str] | None = None, allow_download: bool 
             return folder
         looked.append(f"{folder} ({name})")
     if allow_download and not os.environ.get(OFFLINE_ENV_VAR):
-        folder = _download_with_keras()
-        if folder is not None:
-            return folder
+        downloaded = _download_with_keras()
+        if downloaded is not None:
+            return downloaded
         looked.append("keras.datasets.fashion_mnist download (failed or TensorFlow not installed)")
     raise errors.DataError(f"Fashion-MNIST not found; looked in: {'; '.join(looked)}. {FIX_HINT}")
 
@@ -208,6 +208,6 @@ def summary(dataset: Dataset) -> dict[str, object]:
             "images": len(split),
             "shape": list(split.images.shape[1:]),
             "pixel_mean": round(float(split.images.mean()), 3),
-            "per_class": {label: int(count) for label, count in zip(LABELS, counts)},
+            "per_class": {label: int(count) for label, count in zip(LABELS, counts, strict=True)},
         }
     return result

@@ -9,10 +9,14 @@ device sees.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -91,6 +95,34 @@ def serving_function(model: Any) -> Any:
         return {"probabilities": model(pixels, training=False)}
 
     return serve
+
+
+@contextlib.contextmanager
+def quiet_native_output() -> Iterator[None]:
+    """Silence the converters' C++ and Python chatter on stderr (it is not for users).
+
+    TensorFlow's converters log through C++ straight to file descriptor 2, so redirect the
+    descriptor itself; the text is kept and replayed if conversion fails.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        failed = False
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed and os.environ.get("EDGEKIT_DEBUG"):
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode("utf-8", "replace"))
 
 
 # --- TFLite -------------------------------------------------------------------------------
@@ -249,15 +281,16 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig, data_dir: s
     for export_format, quantization in pairs:
         started = time.perf_counter()
         name = artifact_name(export_format, quantization)
-        if export_format == ExportFormat.TFLITE:
-            payload = to_tflite(model, quantization, calibration)
-        else:
-            if onnx_float is None:
-                onnx_float = to_onnx(model, config.opset)
-            proto = onnx_float if quantization == Quantization.NONE \
-                else quantize_onnx(onnx_float, calibration)
-            payload = add_onnx_metadata(proto, PRECISION_NAMES[quantization]).SerializeToString()
-            onnx.checker.check_model(onnx.load_from_string(payload))
+        with quiet_native_output():
+            if export_format == ExportFormat.TFLITE:
+                payload = to_tflite(model, quantization, calibration)
+            else:
+                if onnx_float is None:
+                    onnx_float = to_onnx(model, config.opset)
+                proto = onnx_float if quantization == Quantization.NONE \
+                    else quantize_onnx(onnx_float, calibration)
+                payload = add_onnx_metadata(proto, PRECISION_NAMES[quantization]).SerializeToString()
+                onnx.checker.check_model(onnx.load_from_string(payload))
         fileio.write_bytes(output_dir / name, payload)
         seconds = time.perf_counter() - started
         entry = artifact_entry(output_dir / name, export_format, quantization, config, seconds)

@@ -52,7 +52,7 @@ def open_image(path: Path) -> tuple[Image.Image, list[str]]:
             previous = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             try:
-                image = Image.open(path)
+                image: Image.Image = Image.open(path)
                 frames = getattr(image, "n_frames", 1)
                 if frames > 1:
                     image.seek(0)

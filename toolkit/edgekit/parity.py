@@ -57,7 +57,8 @@ def with_overrides(bars: dict[str, Bar], overrides: list[str]) -> dict[str, Bar]
                              f"choose from {', '.join(BAR_FIELDS)}")
         if value is None and measure != "max_abs_diff":
             raise ValueError(f"bar {text!r}: only max_abs_diff can be switched off")
-        result[precision] = dataclasses.replace(result[precision], **{BAR_FIELDS[measure]: value})
+        changes: dict[str, Any] = {BAR_FIELDS[measure]: value}
+        result[precision] = dataclasses.replace(result[precision], **changes)
     return result
 
 

@@ -32,7 +32,7 @@ def split_validation(split: data.Split, fraction: float, seed: int) -> tuple[dat
     validation_indices = []
     for label in np.unique(split.labels):
         members = np.flatnonzero(split.labels == label)
-        count = max(1, int(round(len(members) * fraction)))
+        count = max(1, round(len(members) * fraction))
         validation_indices.append(rng.choice(members, size=count, replace=False))
     validation_mask = np.zeros(len(split), dtype=bool)
     validation_mask[np.concatenate(validation_indices)] = True

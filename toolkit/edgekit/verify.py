@@ -9,6 +9,7 @@ Every artifact is measured and checked; failures are collected and reported toge
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -129,6 +130,12 @@ def format_value(measure: str, value: float | None) -> str:
     return f"{value:.2e}"
 
 
+def _cell(cells: dict[str, parity.Check], name: str) -> str:
+    check = cells[name]
+    mark = "✓" if check.passed else "✗"
+    return f"{format_value(name, check.value)} ({format_value(name, check.bar)}) {mark}"
+
+
 def table(results: list[ArtifactResult]) -> list[str]:
     """The parity table: measured value beside each bar, ✓/✗ per bar and per artifact."""
     header = (f"| {'artifact':<20} | {'accuracy':>8} | {'agreement (bar)':>21} | "
@@ -140,12 +147,7 @@ def table(results: list[ArtifactResult]) -> list[str]:
             lines.append(f"| {result.file:<20} | error: {result.error} |")
             continue
         cells = {check.measure: check for check in result.checks}
-
-        def cell(name: str) -> str:
-            check = cells[name]
-            mark = "✓" if check.passed else "✗"
-            return f"{format_value(name, check.value)} ({format_value(name, check.bar)}) {mark}"
-
+        cell = functools.partial(_cell, cells)
         measures = result.measures
         lines.append(
             f"| {result.file:<20} | {measures['accuracy']:>8.2%} | {cell('agreement_percent'):>21} | "

@@ -1,0 +1,134 @@
+"""Fill the README's result tables from the reports that the main command wrote.
+
+Every number in the README's generated sections comes from a file under exported/ that
+`scripts/main.sh` (train -> evaluate -> export -> verify -> benchmark) produced; this
+script only copies them between the <!-- BEGIN:name --> and <!-- END:name --> markers.
+Usage: python scripts/update_readme.py [EXPORTED_DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def human(size: int) -> str:
+    return f"{size / 1024:.1f} KB" if size < 1024 * 1024 else f"{size / 1024 / 1024:.2f} MB"
+
+
+def accuracy_section(metrics: dict, manifest: dict) -> str:
+    reference = manifest.get("reference") or {}
+    training = reference.get("training", {})
+    lines = [
+        f"**Test accuracy: {metrics['accuracy']:.2%}** ({metrics['correct']:,} of "
+        f"{metrics['test_images']:,} test images), loss {metrics['loss']:.4f} — "
+        f"`{reference.get('architecture', '?')}` CNN, {reference.get('parameters', 0):,} parameters, "
+        f"best epoch {training.get('best_epoch', '?')} of {training.get('epochs_run', '?')} "
+        f"(validation accuracy {training.get('validation_accuracy', 0):.2%}).",
+        "",
+        "| class | precision | recall | F1 | images |",
+        "|---|---|---|---|---|",
+    ]
+    for label, scores in metrics["per_class"].items():
+        lines.append(f"| {label} | {scores['precision']:.4f} | {scores['recall']:.4f} | "
+                     f"{scores['f1']:.4f} | {scores['support']} |")
+    lines += ["", "![confusion matrix](exported/reports/confusion_matrix.png)", "",
+              "![training curves](exported/reports/training_curves.png)"]
+    return "\n".join(lines)
+
+
+def artifacts_section(manifest: dict) -> str:
+    lines = ["| file | format | precision | size | input | accuracy | agreement with Keras |",
+             "|---|---|---|---|---|---|---|"]
+    reference = manifest.get("reference") or {}
+    lines.append(f"| {reference.get('file')} | Keras 3 | fp32 | {human(reference.get('bytes', 0))} "
+                 f"| float32 | {reference.get('test_accuracy', 0):.2%} | (reference) |")
+    for entry in manifest["artifacts"]:
+        metrics = entry.get("metrics") or {}
+        tensor = entry["inputs"][0]
+        quantization = tensor.get("quantization")
+        described = tensor["dtype"] + (f" (scale {quantization['scale']:g}, zero point "
+                                       f"{quantization['zero_point']})" if quantization else "")
+        accuracy = f"{metrics['accuracy']:.2%}" if "accuracy" in metrics else "—"
+        agreement = f"{metrics['agreement']:.2%}" if "agreement" in metrics else "—"
+        lines.append(f"| {entry['file']} | {entry['format']} | {entry['precision']} | "
+                     f"{human(entry['bytes'])} | {described} | {accuracy} | {agreement} |")
+    return "\n".join(lines)
+
+
+def parity_section(folder: Path) -> str:
+    """The first table of parity.md: one row per artifact, measured value beside each bar."""
+    lines = (folder / "reports" / "parity.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return "\n".join(lines[start:end])
+
+
+def benchmark_section(benchmark: dict) -> str:
+    machine = benchmark["machine"]
+    lines = [f"Measured on {machine['cpu']}, {machine['cpus']} CPUs (AVX2 {machine['avx2']}, "
+             f"VNNI {machine['vnni']}); float32 matmul rate {benchmark['matmul']['gflops']:.1f} "
+             f"GFLOP/s; model {benchmark['macs_per_image']:,} MACs per image; batch "
+             f"{benchmark['config']['batch_size']}.", "",
+             "| runtime / artifact | size | accuracy | load ms | p50 ms | p90 ms | p99 ms | "
+             "batched img/s | % of matmul rate | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in benchmark["rows"]:
+        accuracy = f"{row['accuracy']:.2%}" if row.get("accuracy") is not None else "—"
+        load = f"{row['load_seconds'] * 1000:.0f}" if "load_seconds" in row else "—"
+        fraction = row.get("fraction_of_matmul_rate")
+        peak = row.get("peak_rss_mb")
+        lines.append(
+            f"| {row['artifact']} | {human(row['bytes'])} | {accuracy} | {load} | "
+            f"{row['single']['p50_ms']:.3f} | {row['single']['p90_ms']:.3f} | "
+            f"{row['single']['p99_ms']:.3f} | {row['batched']['images_per_second']:,.0f} | "
+            f"{f'{fraction:.1%}' if fraction is not None else '—'} | "
+            f"{f'{peak:.0f}' if peak is not None else '—'} |")
+    return "\n".join(lines)
+
+
+def run_section(run: dict) -> str:
+    minutes = run["wall_seconds"] / 60
+    return (f"Last full run of `scripts/main.sh`: **{run['wall_seconds']} s ({minutes:.1f} min) wall** "
+            f"on {run['cpus']} CPUs ({run['machine']}, Python {run['python']}), set-up included.")
+
+
+def replace(text: str, name: str, body: str) -> str:
+    pattern = re.compile(rf"(<!-- BEGIN:{name} -->\n).*?(\n<!-- END:{name} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"README has no {name} markers")
+    return pattern.sub(lambda match: match.group(1) + body + match.group(2), text)
+
+
+def main() -> None:
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "exported"
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    manifest = load(folder / "manifest.json")
+    metrics = load(folder / "reports" / "metrics.json")
+    benchmark = load(folder / "reports" / "benchmark.json")
+    run = load(folder / "reports" / "main_run.json")
+    if metrics and manifest:
+        text = replace(text, "accuracy", accuracy_section(metrics, manifest))
+    if manifest:
+        text = replace(text, "artifacts", artifacts_section(manifest))
+    if (folder / "reports" / "parity.md").is_file():
+        text = replace(text, "parity", parity_section(folder))
+    if benchmark:
+        text = replace(text, "benchmark", benchmark_section(benchmark))
+    if run:
+        text = replace(text, "run", run_section(run))
+    readme.write_text(text)
+    print(f"updated {readme}")
+
+
+if __name__ == "__main__":
+    main()

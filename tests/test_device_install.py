@@ -1,0 +1,53 @@
+"""The device install: `pip install edgekit` with no extras, no TensorFlow, labels test image 0."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import ARTIFACTS, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def device_env(tmp_path_factory) -> Path:
+    venv = tmp_path_factory.mktemp("device") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                              str(ROOT)], capture_output=True, text=True, timeout=900)
+    if install.returncode != 0:
+        pytest.fail(f"base install failed: {install.stderr[-2000:]}")
+    return venv
+
+
+def test_base_install_has_no_tensorflow(device_env):
+    probe = subprocess.run([str(device_env / "bin" / "python"), "-c", "import tensorflow"],
+                           capture_output=True, text=True)
+    assert probe.returncode != 0 and "No module named 'tensorflow'" in probe.stderr
+    probe = subprocess.run([str(device_env / "bin" / "python"), "-c", "import keras"],
+                           capture_output=True, text=True)
+    assert probe.returncode != 0
+
+
+@pytest.mark.parametrize("artifact", ARTIFACTS, ids=ARTIFACTS)
+def test_predict_labels_the_ankle_boot(device_env, test_split, tmp_path, artifact):
+    image = tmp_path / "test-image-0.png"
+    Image.fromarray(test_split.images[0, :, :, 0]).save(image)
+    result = subprocess.run(
+        [str(device_env / "bin" / "edgekit"), "predict", str(image), "--model",
+         str(ROOT / "exported" / artifact)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{image}: Ankle boot ("), result.stdout
+
+
+def test_verify_golden_on_the_device(device_env, tmp_path):
+    result = subprocess.run([str(device_env / "bin" / "edgekit"), "verify",
+                             str(ROOT / "exported"), "--golden"],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
