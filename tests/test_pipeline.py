@@ -66,3 +66,49 @@ def test_verify_tiny_model(tiny_pipeline):
     manifest = json.loads((tiny_pipeline / "manifest.json").read_text())
     for entry in manifest["artifacts"]:
         assert entry["metrics"]["images"] == 10_000
+
+
+def test_resume_after_sigkill(tmp_path):
+    """Kill a run mid-training, resume it, and get the run the options asked for."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    folder = tmp_path / "run"
+    arguments = ["train", "--limit", "1500", "--epochs", "4", "--patience", "10",
+                 "--output-dir", str(folder)]
+    process = subprocess.Popen([sys.executable, "-m", "edgekit.cli", *arguments], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = folder / "checkpoints" / "state.json"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not state.is_file():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert state.is_file(), "the run never finished an epoch"
+    interrupted = json.loads(state.read_text())
+    assert 1 <= interrupted["epoch"] < 4
+    assert not (folder / "model.keras").exists()
+
+    different = run_cli(*arguments[:-2], "--seed", "7", "--output-dir", str(folder), "--resume")
+    assert different.returncode == 1 and "these differ: seed" in different.stderr
+
+    resumed = run_cli(*arguments, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming after epoch {interrupted['epoch']}" in resumed.stdout
+    record = json.loads((folder / "train_config.json").read_text())
+    history = json.loads((folder / "history.json").read_text())["epochs"]
+    assert [epoch["epoch"] for epoch in history] == [1, 2, 3, 4]
+    assert record["epochs_run"] == 4 and record["resumed_at_epoch"] == interrupted["epoch"]
+    assert json.loads(state.read_text())["epoch"] == 4
+    # Learning continued from the checkpoint: no restart from random weights.
+    assert history[-1]["val_accuracy"] >= history[0]["val_accuracy"] - 0.02
+
+
+def test_resume_without_checkpoint(tmp_path):
+    result = run_cli("train", "--limit", "100", "--output-dir", str(tmp_path), "--resume")
+    assert result.returncode == 1
+    assert "nothing to resume" in result.stderr and "Traceback" not in result.stderr

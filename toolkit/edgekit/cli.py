@@ -118,11 +118,14 @@ def data_command(data_dir: Path | None, as_json: bool) -> None:
 @click.option("--limit", type=int, default=None, help="Train on the first N training images only.")
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("runs/train"),
               show_default=True, help="Where the model, config, history and checkpoints go.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in --output-dir from its last completed epoch "
+                   "(same options as the interrupted run).")
 @data_dir_option
 @friendly_errors
 def train(architecture: str, epochs: int, batch_size: int, learning_rate: float, patience: int,
           seed: int, validation_fraction: float, augment: bool, limit: int | None,
-          output_dir: Path, data_dir: Path | None) -> None:
+          output_dir: Path, resume: bool, data_dir: Path | None) -> None:
     """Train the Keras model (validation split from the training data; test set untouched)."""
     from edgekit.config import TrainConfig
 
@@ -132,7 +135,8 @@ def train(architecture: str, epochs: int, batch_size: int, learning_rate: float,
         validation_fraction=validation_fraction, augment=augment, limit=limit)
     from edgekit import training
 
-    record = training.train(config, output_dir, data_dir=str(data_dir) if data_dir else None)
+    record = training.train(config, output_dir, data_dir=str(data_dir) if data_dir else None,
+                            resume=resume)
     model_path = output_dir / training.MODEL_FILE
     click.echo(f"saved {model_path} ({record['parameters']:,} parameters; best epoch "
                f"{record['best_epoch']} of {record['epochs_run']}, validation accuracy "

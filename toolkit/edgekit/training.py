@@ -17,13 +17,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edgekit import data, fileio, models
+from edgekit import data, errors, fileio, models
 from edgekit.config import TrainConfig
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "train_config.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_DIR = "checkpoints"
+BEST_FILE = "best.keras"
+LAST_FILES = ("last-a.keras", "last-b.keras")
+STATE_FILE = "state.json"
 
 
 def split_validation(split: data.Split, fraction: float, seed: int) -> tuple[data.Split, data.Split]:
@@ -91,44 +94,143 @@ def environment() -> dict[str, str]:
     }
 
 
+class ResumableCheckpoint(keras.callbacks.Callback):
+    """Checkpoints that a killed run can resume from, written atomically after every epoch.
+
+    ``best.keras`` holds the best model on validation accuracy; the latest model alternates
+    between ``last-a.keras`` and ``last-b.keras`` (optimizer state included), and
+    ``state.json`` — written last, so it is the commit point — names the one that is
+    complete, with the epoch and the early-stopping and learning-rate-decay state.
+    """
+
+    def __init__(self, folder: Path, config: TrainConfig, early_stopping: keras.callbacks.EarlyStopping,
+                 reduce_lr: keras.callbacks.ReduceLROnPlateau, state: dict[str, Any] | None = None):
+        super().__init__()
+        self.folder = folder
+        self.config = config
+        self.early_stopping = early_stopping
+        self.reduce_lr = reduce_lr
+        self.state = state
+        self.best = -np.inf if state is None else state["best_val_accuracy"]
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        # Runs after the two callbacks reset themselves (it is later in the list).
+        if self.state is None:
+            return
+        stopping = self.state["early_stopping"]
+        self.early_stopping.wait = stopping["wait"]
+        self.early_stopping.best = stopping["best"]
+        self.early_stopping.best_epoch = stopping["best_epoch"]
+        best_model = keras.models.load_model(self.folder / BEST_FILE, compile=False)
+        self.early_stopping.best_weights = best_model.get_weights()
+        decay = self.state["reduce_lr"]
+        self.reduce_lr.wait = decay["wait"]
+        self.reduce_lr.best = decay["best"]
+        self.reduce_lr.cooldown_counter = decay["cooldown_counter"]
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        if float(logs.get("val_accuracy", -np.inf)) > self.best:
+            self.best = float(logs["val_accuracy"])
+            with fileio.atomic_path(self.folder / BEST_FILE) as temporary:
+                self.model.save(temporary)
+        slot = LAST_FILES[epoch % 2]
+        with fileio.atomic_path(self.folder / slot) as temporary:
+            self.model.save(temporary)
+        fileio.write_json(self.folder / STATE_FILE, {
+            "epoch": epoch + 1,
+            "model_file": slot,
+            "stopped": bool(self.model.stop_training),
+            "best_val_accuracy": self.best,
+            "early_stopping": {"wait": self.early_stopping.wait,
+                               "best": _plain(self.early_stopping.best),
+                               "best_epoch": self.early_stopping.best_epoch},
+            "reduce_lr": {"wait": self.reduce_lr.wait, "best": _plain(self.reduce_lr.best),
+                          "cooldown_counter": self.reduce_lr.cooldown_counter},
+            "config": self.config.to_dict(),
+        })
+
+
+def _plain(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def read_state(output_dir: Path, config: TrainConfig) -> dict[str, Any]:
+    path = output_dir / CHECKPOINT_DIR / STATE_FILE
+    if not path.is_file():
+        raise errors.EdgekitError(
+            f"nothing to resume in {output_dir}: no {CHECKPOINT_DIR}/{STATE_FILE}. "
+            "Start the run without --resume."
+        )
+    state = json.loads(path.read_text())
+    saved = TrainConfig.from_dict(state["config"])
+    if saved != config:
+        differences = sorted(key for key, value in config.to_dict().items()
+                             if saved.to_dict().get(key) != value)
+        raise errors.EdgekitError(
+            f"--resume needs the options of the interrupted run; these differ: "
+            f"{', '.join(differences)}. Rerun with the same options (see "
+            f"{path})."
+        )
+    return state
+
+
+def compile_model(model: keras.Model, config: TrainConfig) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+
 def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
-          verbose: int | None = None) -> dict[str, Any]:
-    """Train, save ``model.keras``, ``train_config.json`` and ``history.json`` in ``output_dir``."""
+          verbose: int | None = None, resume: bool = False) -> dict[str, Any]:
+    """Train, save ``model.keras``, ``train_config.json`` and ``history.json`` in ``output_dir``.
+
+    With ``resume``, continue an interrupted run from its last completed epoch: model and
+    optimizer state, epoch counter, early-stopping and learning-rate-decay state.
+    """
     output_dir = fileio.ensure_dir(output_dir)
     checkpoints = fileio.ensure_dir(output_dir / CHECKPOINT_DIR)
+    state = read_state(output_dir, config) if resume else None
     dataset = data.load(data_dir)
-    keras.utils.set_random_seed(config.seed)
+    initial_epoch = 0 if state is None else int(state["epoch"])
+    # Seeded per starting epoch: a resumed run does not replay the first epochs' order.
+    keras.utils.set_random_seed(config.seed + initial_epoch)
 
     full_train = dataset.train.head(config.limit)
     train_split, validation_split = split_validation(full_train, config.validation_fraction, config.seed)
-    model = models.build(config)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    recorder = HistoryRecorder(output_dir / HISTORY_FILE, len(train_split))
-    callbacks = [
-        keras.callbacks.EarlyStopping(monitor="val_accuracy", patience=config.patience,
-                                      restore_best_weights=True, verbose=1),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
-                                          patience=max(1, config.patience // 2), min_lr=1e-5),
-        keras.callbacks.ModelCheckpoint(str(checkpoints / "best.keras"), monitor="val_accuracy",
-                                        save_best_only=True),
-        keras.callbacks.ModelCheckpoint(str(checkpoints / "last.keras")),
-        recorder,
-    ]
+    if state is None:
+        model = models.build(config)
+        compile_model(model, config)
+        previous: list[dict[str, Any]] = []
+    else:
+        model = keras.models.load_model(checkpoints / state["model_file"], compile=True)
+        history_path = output_dir / HISTORY_FILE
+        previous = json.loads(history_path.read_text())["epochs"] if history_path.is_file() else []
+        previous = [record for record in previous if record["epoch"] <= initial_epoch]
+    recorder = HistoryRecorder(output_dir / HISTORY_FILE, len(train_split), previous)
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_accuracy", patience=config.patience, restore_best_weights=True, verbose=1)
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(
+        monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-5)
+    callbacks = [early_stopping, reduce_lr, recorder,
+                 ResumableCheckpoint(checkpoints, config, early_stopping, reduce_lr, state)]
+    finished = state is not None and (state["stopped"] or initial_epoch >= config.epochs)
     print(f"Training {model.name} ({model.count_params():,} parameters) on {len(train_split):,} "
-          f"images, validating on {len(validation_split):,}; data from {dataset.source}", flush=True)
+          f"images, validating on {len(validation_split):,}; data from {dataset.source}"
+          + (f"; resuming after epoch {initial_epoch}" if state is not None else ""), flush=True)
     started = time.perf_counter()
-    model.fit(
-        make_dataset(train_split, config, training=True),
-        validation_data=make_dataset(validation_split, config, training=False),
-        epochs=config.epochs,
-        callbacks=callbacks,
-        verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
-    )
+    if finished:
+        model = keras.models.load_model(checkpoints / BEST_FILE, compile=True)
+    else:
+        model.fit(
+            make_dataset(train_split, config, training=True),
+            validation_data=make_dataset(validation_split, config, training=False),
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=callbacks,
+            verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
+        )
     seconds = time.perf_counter() - started
+    seconds += sum(record["epoch_seconds"] for record in previous)
     validation_loss, validation_accuracy = model.evaluate(
         make_dataset(validation_split, config, training=False), verbose=0)
     best_epoch = int(np.argmax([epoch["val_accuracy"] for epoch in recorder.epochs])) + 1
@@ -142,6 +244,7 @@ def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
         "validation_accuracy": float(validation_accuracy),
         "validation_loss": float(validation_loss),
         "train_seconds": round(seconds, 1),
+        "resumed_at_epoch": initial_epoch if state is not None else None,
         "dataset": str(dataset.source),
         "environment": environment(),
     }
