@@ -1,36 +1,45 @@
 #!/usr/bin/env bash
 # README command 1: set up, then train -> evaluate -> export -> verify -> benchmark,
 # regenerating everything in exported/. Fails if any step fails, parity included.
+# Extra arguments go to `edgekit train` (e.g. scripts/main.sh --epochs 5).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$ROOT/scripts/setup.sh"
-VENV="${EDGEKIT_VENV:-$ROOT/.venv}"
 cd "$ROOT"
-EDGEKIT="$VENV/bin/edgekit"
+VENV="${EDGEKIT_VENV:-$ROOT/.venv}"
 OUT="${EDGEKIT_EXPORT_DIR:-exported}"
-START=$(date +%s)
-step() { printf '\n== %s\n' "$*"; }
+TIMES="$(mktemp)"
+trap 'rm -f "$TIMES"' EXIT
 
-step "dataset";   "$EDGEKIT" data
-step "train";     "$EDGEKIT" train --output-dir "$OUT" "$@"
-step "evaluate";  "$EDGEKIT" evaluate --model "$OUT/model.keras" --output-dir "$OUT/reports"
-step "export";    "$EDGEKIT" export --model "$OUT/model.keras" --format all --output-dir "$OUT"
-step "verify";    "$EDGEKIT" verify "$OUT"
-if "$EDGEKIT" benchmark --help > /dev/null 2>&1; then
-    step "benchmark"; "$EDGEKIT" benchmark "$OUT"
-fi
+step() {  # step NAME COMMAND...: run it, print a header, record its wall time
+    local name="$1"; shift
+    printf '\n== %s\n' "$name"
+    local started; started=$(date +%s)
+    "$@"
+    echo "$name $(( $(date +%s) - started ))" >> "$TIMES"
+}
 
-END=$(date +%s)
-"$VENV/bin/python" - "$OUT" "$START" "$END" <<'PY'
+EDGEKIT="$VENV/bin/edgekit"
+step setup     "$ROOT/scripts/setup.sh"
+step data      "$EDGEKIT" data
+step train     "$EDGEKIT" train --output-dir "$OUT" "$@"
+step evaluate  "$EDGEKIT" evaluate --model "$OUT/model.keras" --output-dir "$OUT/reports"
+step export    "$EDGEKIT" export --model "$OUT/model.keras" --format all --output-dir "$OUT"
+step verify    "$EDGEKIT" verify "$OUT"
+step benchmark "$EDGEKIT" benchmark "$OUT" --training
+
+"$VENV/bin/python" - "$OUT" "$TIMES" <<'PY'
 import json, os, platform, sys
-folder, start, end = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-record = {"command": "scripts/main.sh", "wall_seconds": end - start, "cpus": os.cpu_count(),
+folder, times = sys.argv[1], sys.argv[2]
+steps = {name: round(float(seconds), 1) for name, seconds in
+         (line.split() for line in open(times) if line.strip())}
+record = {"command": "scripts/main.sh", "steps_seconds": steps,
+          "wall_seconds": round(sum(steps.values()), 1), "cpus": os.cpu_count(),
           "machine": platform.machine(), "python": platform.python_version()}
 path = os.path.join(folder, "reports", "main_run.json")
 with open(path + ".tmp", "w") as stream:
     json.dump(record, stream, indent=2)
 os.replace(path + ".tmp", path)
-print(f"\nmain run: {end - start} s wall on {os.cpu_count()} CPUs (recorded in {path})")
+print(f"\nmain run: {record['wall_seconds']} s wall on {os.cpu_count()} CPUs: {steps}")
 PY
 if [ "$OUT" = "exported" ]; then "$VENV/bin/python" "$ROOT/scripts/update_readme.py" "$OUT"; fi
-echo "Next: scripts/test.sh, or edgekit predict IMAGE --model $OUT/model_int8.tflite"
+echo "Next: scripts/test.sh, or $EDGEKIT predict IMAGE --model $OUT/model_int8.tflite"

@@ -97,8 +97,10 @@ def benchmark_section(benchmark: dict) -> str:
 
 def run_section(run: dict) -> str:
     minutes = run["wall_seconds"] / 60
-    return (f"Last full run of `scripts/main.sh`: **{run['wall_seconds']} s ({minutes:.1f} min) wall** "
-            f"on {run['cpus']} CPUs ({run['machine']}, Python {run['python']}), set-up included.")
+    steps = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in run["steps_seconds"].items())
+    return (f"Last full run of `scripts/main.sh` on this {run['cpus']}-CPU machine ({run['machine']}, "
+            f"Python {run['python']}): **{run['wall_seconds']:.0f} s ({minutes:.1f} min) wall** — "
+            f"{steps} (recorded in `exported/reports/main_run.json`).")
 
 
 def replace(text: str, name: str, body: str) -> str:

@@ -33,6 +33,7 @@ class BenchmarkConfig:
     threads: int | None = None
     matmul_size: int = 1024
     keras: bool = True
+    training: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.single_runs < 10 or self.warmup_runs < 0:
@@ -187,7 +188,9 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
         for name, measured in (baselines or {}).items():
             rows.append(row(name, "keras", "fp32", "tensorflow", reference.get("bytes", 0),
                             reference.get("test_accuracy"), measured, macs, peak))
+    training_rates = training_throughput(folder, echo) if config.training else None
     result = {
+        "training": training_rates,
         "machine": machine(),
         "config": dataclasses.asdict(config),
         "matmul": peak,
@@ -209,6 +212,33 @@ def row(name: str, export_format: str, precision: str, runtime_name: str, size: 
         "runtime": runtime_name, "bytes": size, "accuracy": accuracy,
         **measured,
         "fraction_of_matmul_rate": fraction_of_peak(throughput, macs, peak["gflops"]) if macs else None,
+    }
+
+
+def training_throughput(folder: Path, echo: Callable[[str], None]) -> dict[str, Any] | None:
+    """Training speed from history.json beside the model, and the input pipeline alone."""
+    import json
+
+    from edgekit import training
+    from edgekit.config import TrainConfig
+
+    history_path = folder / training.HISTORY_FILE
+    record = training.load_record(folder / training.MODEL_FILE)
+    if not history_path.is_file() or record is None:
+        echo("no training history beside the model: skipping the training measurement")
+        return None
+    epochs = json.loads(history_path.read_text())["epochs"]
+    config = TrainConfig.from_dict(record["config"])
+    echo("measuring the training input pipeline with and without augmentation")
+    pipeline = training.input_pipeline_rate(config)
+    rates = [epoch["train_images_per_second"] for epoch in epochs]
+    median = float(np.median(rates))
+    return {
+        "epoch_images_per_second_median": median,
+        "epoch_seconds_median": float(np.median([epoch["epoch_seconds"] for epoch in epochs])),
+        "augmentation": config.augment,
+        "pipeline": pipeline,
+        "pipeline_headroom": pipeline["augmented"]["images_per_second"] / median,
     }
 
 

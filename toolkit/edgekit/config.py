@@ -35,13 +35,13 @@ class TrainConfig:
     validation_fraction: float = 0.1
     augment: bool = True
     limit: int | None = None
-    dropout_rate: float = 0.3
+    dropout_rate: float = 0.4
     conv_filters: tuple[int, int] = (32, 64)
-    dense_units: int = 128
+    dense_units: int = 256
     # Augmentation strengths (Keras preprocessing-layer units).
-    rotation_factor: float = 0.015  # fraction of a full turn: about +/-5 degrees
-    zoom_factor: float = 0.05
-    shift_factor: float = 0.06
+    rotation_factor: float = 0.01  # fraction of a full turn: about +/-3.6 degrees
+    zoom_factor: float = 0.04
+    shift_factor: float = 0.04
     horizontal_flip: bool = True
 
     def __post_init__(self) -> None:

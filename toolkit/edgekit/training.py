@@ -6,6 +6,7 @@ the training images drives early stopping, learning-rate decay and checkpoint se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
@@ -263,3 +264,26 @@ def load_record(model_path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def input_pipeline_rate(config: TrainConfig, data_dir: str | None = None,
+                        batches: int = 150) -> dict[str, Any]:
+    """Images/s the tf.data pipeline alone delivers, with and without augmentation.
+
+    Compared with the training epoch's images/s (history.json), this tells whether the
+    augmentation could be the bottleneck: it is not while the pipeline is much faster.
+    """
+    dataset = data.load(data_dir)
+    split = dataset.train.head(config.limit)
+    result: dict[str, Any] = {"batch_size": config.batch_size, "batches": batches}
+    for augment in (False, True):
+        pipeline = make_dataset(split, dataclasses.replace(config, augment=augment), training=True)
+        iterator = iter(pipeline.repeat())
+        next(iterator)  # build the graph and fill the shuffle buffer
+        started = time.perf_counter()
+        for _ in range(batches):
+            next(iterator)
+        seconds = time.perf_counter() - started
+        result["augmented" if augment else "plain"] = {
+            "seconds": seconds, "images_per_second": batches * config.batch_size / seconds}
+    return result

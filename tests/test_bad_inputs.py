@@ -1,0 +1,107 @@
+"""The corpus under tests/data/ (scripts/make_bad_inputs.py): broken inputs get one Error:
+line and exit 1, nothing hangs; odd but valid images are labelled."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+DATA = ROOT / "tests" / "data"
+BAD_IMAGES = sorted((DATA / "bad" / "images").iterdir())
+BAD_MODELS = sorted((DATA / "bad" / "models").iterdir())
+ODD_IMAGES = sorted((DATA / "odd").iterdir())
+
+
+def assert_clean_error(result, *fragments):
+    assert result.returncode == 1, result.stdout + result.stderr
+    text = result.stdout + result.stderr
+    assert "Traceback" not in text
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("path", BAD_IMAGES, ids=[p.name for p in BAD_IMAGES])
+def test_broken_image(exported, path):
+    result = run_cli("predict", str(path), "--model", str(exported / "model_int8.tflite"), timeout=60)
+    assert_clean_error(result, path.name)
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+def test_missing_or_folder_image(exported, tmp_path, kind):
+    target = tmp_path / "absent.png" if kind == "missing" else tmp_path
+    result = run_cli("predict", str(target), "--model", str(exported / "model_int8.tflite"))
+    assert_clean_error(result)
+
+
+@pytest.mark.parametrize("path", BAD_MODELS, ids=[p.name for p in BAD_MODELS])
+def test_broken_model(exported, tmp_path, path):
+    image = tmp_path / "boot.png"
+    shutil.copy(DATA / "odd" / "colour.bmp", image)
+    # Copy the model into its own folder, where no manifest vouches for it.
+    model = tmp_path / "models" / path.name
+    model.parent.mkdir()
+    shutil.copy(path, model)
+    result = run_cli("predict", str(image), "--model", str(model), timeout=60)
+    assert_clean_error(result, path.name)
+
+
+def test_broken_model_messages(tmp_path):
+    def error_for(name):
+        model = tmp_path / name
+        shutil.copy(DATA / "bad" / "models" / name, model)
+        result = run_cli("predict", str(DATA / "odd" / "colour.bmp"), "--model", str(model))
+        return result.stderr
+
+    assert "wrong-input-shape.onnx takes input of shape [None, 32, 32, 1]" in error_for(
+        "wrong-input-shape.onnx")
+    assert "not a 10-class classifier" in error_for("five-classes.onnx")
+    assert "escapes model directory" in error_for("external-data-outside.onnx")
+    assert "rename it to .tflite" in error_for("tflite-named.onnx")
+    assert "an ONNX file renamed?" in error_for("onnx-named.tflite")
+
+
+def test_odd_images_are_labelled(exported):
+    result = run_cli("predict", "--json", "--model", str(exported / "model_int8.tflite"),
+                     *map(str, ODD_IMAGES), timeout=120)
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)["results"]
+    assert len(results) == len(ODD_IMAGES)
+    labels = {Path(item["image"]).name: item["predictions"][0]["label"] for item in results}
+    # Every one is the same ankle boot, but the 1x1 thumbnail keeps no shape to recognise.
+    wrong = {name: label for name, label in labels.items()
+             if label != "Ankle boot" and name != "one-pixel.png"}
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("kind, fragment", [
+    ("not-json", "not valid JSON"),
+    ("missing-fields", "lacks"),
+    ("sha-mismatch", "does not match its manifest"),
+    ("outside", "refusing it"),
+    ("absolute", "refusing it"),
+])
+def test_tampered_manifest(exported_copy, kind, fragment):
+    path = exported_copy / "manifest.json"
+    payload = json.loads(path.read_text())
+    if kind == "not-json":
+        path.write_text("{ this is not json")
+    else:
+        if kind == "missing-fields":
+            del payload["artifacts"][0]["sha256"]
+        elif kind == "sha-mismatch":
+            payload["artifacts"][3]["sha256"] = "0" * 64
+        elif kind == "outside":
+            payload["artifacts"][3]["file"] = "../model_int8.tflite"
+        elif kind == "absolute":
+            payload["artifacts"][3]["file"] = str(exported_copy / "model_int8.tflite")
+        path.write_text(json.dumps(payload))
+    image = DATA / "odd" / "colour.bmp"
+    predicted = run_cli("predict", str(image), "--model", str(exported_copy / "model_int8.tflite"))
+    verified = run_cli("verify", str(exported_copy), "--golden")
+    for result in (predicted, verified):
+        assert_clean_error(result, fragment)
