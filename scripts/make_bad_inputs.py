@@ -78,7 +78,6 @@ def odd_images(folder: Path) -> None:
 
 
 def broken_models(folder: Path) -> None:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -112,3 +112,22 @@ def test_resume_without_checkpoint(tmp_path):
     result = run_cli("train", "--limit", "100", "--output-dir", str(tmp_path), "--resume")
     assert result.returncode == 1
     assert "nothing to resume" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tune_then_train_with_best_config(tmp_path):
+    tuned = run_cli("tune", "--arch", "edge", "--limit", "800", "--max-trials", "2", "--epochs", "1",
+                    "--output-dir", str(tmp_path / "tune"))
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    trials = json.loads((tmp_path / "tune" / "trials.json").read_text())["trials"]
+    assert len(trials) == 2
+    assert all(0.0 <= trial["val_accuracy"] <= 1.0 for trial in trials)
+    best = json.loads((tmp_path / "tune" / "best_config.json").read_text())
+    assert best["architecture"] == "edge"
+    assert max(trial["val_accuracy"] for trial in trials) == pytest.approx(
+        next(t["val_accuracy"] for t in trials if t["config"]["learning_rate"] == best["learning_rate"]))
+    trained = run_cli("train", "--config", str(tmp_path / "tune" / "best_config.json"), "--limit",
+                      "400", "--epochs", "1", "--output-dir", str(tmp_path / "run"))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    record = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert record["config"]["architecture"] == "edge"
+    assert record["config"]["edge_widths"] == best["edge_widths"]

@@ -9,6 +9,7 @@ from typing import Any
 
 class Architecture(str, enum.Enum):
     REFERENCE = "reference"
+    EDGE = "edge"
 
 
 class ExportFormat(str, enum.Enum):
@@ -38,15 +39,24 @@ class TrainConfig:
     dropout_rate: float = 0.4
     conv_filters: tuple[int, int] = (32, 64)
     dense_units: int = 256
+    edge_widths: tuple[int, int, int] = (24, 48, 96)
     # Augmentation strengths (Keras preprocessing-layer units).
     rotation_factor: float = 0.01  # fraction of a full turn: about +/-3.6 degrees
     zoom_factor: float = 0.04
     shift_factor: float = 0.04
     horizontal_flip: bool = True
+    erasing_factor: float = 0.0  # random erasing probability bound (0 = off)
+    # Optimisation recipe.
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0  # decoupled (AdamW)
+    schedule: str = "plateau"  # plateau: halve on a val-loss plateau; cosine: warm-up + cosine decay
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "architecture", Architecture(self.architecture))
         object.__setattr__(self, "conv_filters", tuple(self.conv_filters))
+        object.__setattr__(self, "edge_widths", tuple(self.edge_widths))
         if self.epochs < 1:
             raise ValueError("epochs must be at least 1")
         if self.batch_size < 1:
@@ -61,12 +71,30 @@ class TrainConfig:
             raise ValueError("limit must be at least 20 images")
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError("dropout rate must be in [0, 1)")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError("optimizer must be adam or adamw")
+        if self.schedule not in ("plateau", "cosine"):
+            raise ValueError("schedule must be plateau or cosine")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError("label smoothing must be in [0, 0.5)")
+        if not 0.0 <= self.erasing_factor <= 1.0:
+            raise ValueError("erasing factor must be in [0, 1]")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs and self.schedule == "cosine":
+            raise ValueError("warm-up epochs must be fewer than epochs")
 
     def to_dict(self) -> dict[str, Any]:
         payload = dataclasses.asdict(self)
         payload["architecture"] = self.architecture.value
         payload["conv_filters"] = list(self.conv_filters)
+        payload["edge_widths"] = list(self.edge_widths)
         return payload
+
+    @classmethod
+    def for_architecture(cls, architecture: str | Architecture, **overrides: Any) -> TrainConfig:
+        """The recipe selected (on the validation split) for an architecture, plus overrides."""
+        recipe = dict(RECIPES[Architecture(architecture)])
+        recipe.update({key: value for key, value in overrides.items() if value is not None})
+        return cls(architecture=Architecture(architecture), **recipe)
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> TrainConfig:
@@ -89,3 +117,15 @@ class ExportConfig:
             raise ValueError("calibration size must be at least 1")
         if not 13 <= self.opset <= 21:
             raise ValueError("opset must be between 13 and 21")
+
+
+RECIPES: dict[Architecture, dict[str, Any]] = {
+    Architecture.REFERENCE: {},
+    # Batch norm makes stronger augmentation, label smoothing and a cosine schedule pay off.
+    Architecture.EDGE: {
+        "epochs": 40, "learning_rate": 3e-3, "patience": 40, "dropout_rate": 0.2,
+        "optimizer": "adamw", "weight_decay": 0.01, "schedule": "cosine", "warmup_epochs": 2,
+        "label_smoothing": 0.1, "erasing_factor": 0.5, "rotation_factor": 0.02,
+        "zoom_factor": 0.08, "shift_factor": 0.08,
+    },
+}

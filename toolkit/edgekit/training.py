@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from edgekit import data, errors, fileio, models
 from edgekit.config import TrainConfig
+from edgekit.contract import NUM_CLASSES
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "train_config.json"
@@ -47,7 +48,9 @@ def split_validation(split: data.Split, fraction: float, seed: int) -> tuple[dat
 
 def make_dataset(split: data.Split, config: TrainConfig, training: bool) -> tf.data.Dataset:
     images = split.images.astype(np.float32)
-    dataset = tf.data.Dataset.from_tensor_slices((images, split.labels.astype(np.int32)))
+    # One-hot labels, so that label smoothing (CategoricalCrossentropy) is available.
+    targets = np.eye(NUM_CLASSES, dtype=np.float32)[split.labels]
+    dataset = tf.data.Dataset.from_tensor_slices((images, targets))
     if training:
         dataset = dataset.shuffle(len(split), seed=config.seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(config.batch_size)
@@ -105,7 +108,8 @@ class ResumableCheckpoint(keras.callbacks.Callback):
     """
 
     def __init__(self, folder: Path, config: TrainConfig, early_stopping: keras.callbacks.EarlyStopping,
-                 reduce_lr: keras.callbacks.ReduceLROnPlateau, state: dict[str, Any] | None = None):
+                 reduce_lr: keras.callbacks.ReduceLROnPlateau | None,
+                 state: dict[str, Any] | None = None):
         super().__init__()
         self.folder = folder
         self.config = config
@@ -125,9 +129,10 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         best_model = keras.models.load_model(self.folder / BEST_FILE, compile=False)
         self.early_stopping.best_weights = best_model.get_weights()
         decay = self.state["reduce_lr"]
-        self.reduce_lr.wait = decay["wait"]
-        self.reduce_lr.best = decay["best"]
-        self.reduce_lr.cooldown_counter = decay["cooldown_counter"]
+        if self.reduce_lr is not None and decay is not None:
+            self.reduce_lr.wait = decay["wait"]
+            self.reduce_lr.best = decay["best"]
+            self.reduce_lr.cooldown_counter = decay["cooldown_counter"]
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}
@@ -146,8 +151,9 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             "early_stopping": {"wait": self.early_stopping.wait,
                                "best": _plain(self.early_stopping.best),
                                "best_epoch": self.early_stopping.best_epoch},
-            "reduce_lr": {"wait": self.reduce_lr.wait, "best": _plain(self.reduce_lr.best),
-                          "cooldown_counter": self.reduce_lr.cooldown_counter},
+            "reduce_lr": None if self.reduce_lr is None else {
+                "wait": self.reduce_lr.wait, "best": _plain(self.reduce_lr.best),
+                "cooldown_counter": self.reduce_lr.cooldown_counter},
             "config": self.config.to_dict(),
         })
 
@@ -176,9 +182,22 @@ def read_state(output_dir: Path, config: TrainConfig) -> dict[str, Any]:
     return state
 
 
-def compile_model(model: keras.Model, config: TrainConfig) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
+    learning_rate: Any = config.learning_rate
+    if config.schedule == "cosine":
+        warmup = config.warmup_epochs * steps_per_epoch
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=config.learning_rate / 10 if warmup else config.learning_rate,
+            decay_steps=max(1, config.epochs * steps_per_epoch - warmup),
+            warmup_target=config.learning_rate if warmup else None, warmup_steps=warmup,
+            alpha=0.01)
+    if config.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
+                  metrics=["accuracy"])
 
 
 def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
@@ -198,9 +217,10 @@ def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
 
     full_train = dataset.train.head(config.limit)
     train_split, validation_split = split_validation(full_train, config.validation_fraction, config.seed)
+    steps_per_epoch = -(-len(train_split) // config.batch_size)
     if state is None:
         model = models.build(config)
-        compile_model(model, config)
+        compile_model(model, config, steps_per_epoch)
         previous: list[dict[str, Any]] = []
     else:
         model = keras.models.load_model(checkpoints / state["model_file"], compile=True)
@@ -210,9 +230,11 @@ def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
     recorder = HistoryRecorder(output_dir / HISTORY_FILE, len(train_split), previous)
     early_stopping = keras.callbacks.EarlyStopping(
         monitor="val_accuracy", patience=config.patience, restore_best_weights=True, verbose=1)
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(
-        monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-5)
-    callbacks = [early_stopping, reduce_lr, recorder,
+    reduce_lr = None
+    if config.schedule == "plateau":
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-5)
+    callbacks = [early_stopping, *([reduce_lr] if reduce_lr else []), recorder,
                  ResumableCheckpoint(checkpoints, config, early_stopping, reduce_lr, state)]
     finished = state is not None and (state["stopped"] or initial_epoch >= config.epochs)
     print(f"Training {model.name} ({model.count_params():,} parameters) on {len(train_split):,} "

@@ -1,0 +1,138 @@
+"""``edgekit tune``: hyperparameter search with KerasTuner on the validation split.
+
+Workstation only. The search space is declared in ``search_space``; every trial trains a
+model built from a ``TrainConfig`` on the training split and is scored on validation
+accuracy (never the test set). A time budget stops the search between trials. The trials
+table and the best configuration (a JSON that ``edgekit train --config`` reads) are saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keras
+import keras_tuner
+
+from edgekit import data, fileio, models, training
+from edgekit.config import TrainConfig
+
+TRIALS_JSON = "trials.json"
+TRIALS_MARKDOWN = "trials.md"
+BEST_CONFIG = "best_config.json"
+
+
+def search_space(hp: keras_tuner.HyperParameters, architecture: str) -> dict[str, Any]:
+    """The declared search space: TrainConfig fields and their ranges."""
+    space: dict[str, Any] = {
+        "learning_rate": hp.Float("learning_rate", 1e-3, 1e-2, sampling="log"),
+        "dropout_rate": hp.Float("dropout_rate", 0.0, 0.5, step=0.1),
+        "label_smoothing": hp.Choice("label_smoothing", [0.0, 0.05, 0.1]),
+        "erasing_factor": hp.Choice("erasing_factor", [0.0, 0.25, 0.5]),
+        "shift_factor": hp.Choice("shift_factor", [0.04, 0.08, 0.12]),
+    }
+    if architecture == "edge":
+        widths = hp.Choice("edge_widths", ["16-32-64", "20-40-80", "24-48-96"])
+        space["edge_widths"] = tuple(int(part) for part in widths.split("-"))
+        space["weight_decay"] = hp.Float("weight_decay", 1e-3, 5e-2, sampling="log")
+    else:
+        space["dense_units"] = hp.Choice("dense_units", [128, 256])
+    return space
+
+
+class TrainConfigHyperModel(keras_tuner.HyperModel):
+    def __init__(self, base: TrainConfig, train_split: data.Split, validation_split: data.Split):
+        super().__init__()
+        self.base = base
+        self.train_split = train_split
+        self.validation_split = validation_split
+
+    def config_for(self, hp: keras_tuner.HyperParameters) -> TrainConfig:
+        return dataclasses.replace(self.base, **search_space(hp, self.base.architecture.value))
+
+    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
+        config = self.config_for(hp)
+        model = models.build(config)
+        steps = -(-len(self.train_split) // config.batch_size)
+        training.compile_model(model, config, steps)
+        return model
+
+    def fit(self, hp: keras_tuner.HyperParameters, model: keras.Model, *args: Any,
+            **kwargs: Any) -> Any:
+        config = self.config_for(hp)
+        return model.fit(training.make_dataset(self.train_split, config, training=True),
+                         validation_data=training.make_dataset(self.validation_split, config,
+                                                               training=False),
+                         epochs=config.epochs, verbose=0, callbacks=kwargs.get("callbacks"))
+
+
+def tune(base: TrainConfig, output_dir: Path, method: str = "bayesian", max_trials: int = 10,
+         budget_minutes: float = 30.0, data_dir: str | None = None,
+         echo: Callable[[str], None] = print) -> dict[str, Any]:
+    output_dir = fileio.ensure_dir(output_dir)
+    dataset = data.load(data_dir)
+    keras.utils.set_random_seed(base.seed)
+    train_split, validation_split = training.split_validation(
+        dataset.train.head(base.limit), base.validation_fraction, base.seed)
+    hypermodel = TrainConfigHyperModel(base, train_split, validation_split)
+    common = {"objective": "val_accuracy", "directory": str(output_dir), "project_name": "search",
+              "overwrite": True, "seed": base.seed}
+    if method == "hyperband":
+        tuner: keras_tuner.Tuner = keras_tuner.Hyperband(
+            hypermodel, max_epochs=base.epochs, factor=3, hyperband_iterations=1, **common)
+    else:
+        tuner = keras_tuner.BayesianOptimization(hypermodel, max_trials=1, **common)
+    deadline = time.monotonic() + budget_minutes * 60
+    started = time.monotonic()
+    trials_done = 0
+    # One trial per call: the budget is checked between trials, never mid-trial.
+    while trials_done < max_trials and time.monotonic() < deadline:
+        tuner.oracle.max_trials = trials_done + 1
+        before = len(tuner.oracle.trials)
+        tuner.search(verbose=0)
+        trials_done = len(tuner.oracle.trials)
+        if trials_done == before:  # the oracle has nothing left to try
+            break
+        latest = tuner.oracle.trials[sorted(tuner.oracle.trials)[-1]]
+        score = latest.score
+        echo(f"trial {trials_done}: val_accuracy "
+             f"{score:.4f} ({time.monotonic() - started:.0f} s so far)" if score is not None
+             else f"trial {trials_done}: failed")
+    rows = trials_table(tuner, hypermodel)
+    if not rows:
+        raise RuntimeError("no trial finished within the budget; raise --budget-minutes")
+    best = max(rows, key=lambda row: row["val_accuracy"])
+    best_config = {key: value for key, value in best["config"].items() if key != "limit"}
+    fileio.write_json(output_dir / BEST_CONFIG, best_config)
+    fileio.write_json(output_dir / TRIALS_JSON, {"method": method, "objective": "val_accuracy",
+                                                  "seconds": time.monotonic() - started,
+                                                  "trials": rows})
+    fileio.write_text(output_dir / TRIALS_MARKDOWN, "\n".join(markdown(rows)) + "\n")
+    return {"best": best, "trials": rows, "best_config_path": str(output_dir / BEST_CONFIG)}
+
+
+def trials_table(tuner: keras_tuner.Tuner, hypermodel: TrainConfigHyperModel) -> list[dict[str, Any]]:
+    rows = []
+    for trial_id, trial in sorted(tuner.oracle.trials.items()):
+        if trial.score is None:
+            continue
+        config = hypermodel.config_for(trial.hyperparameters)
+        rows.append({"trial": trial_id, "val_accuracy": float(trial.score),
+                     "hyperparameters": dict(trial.hyperparameters.values),
+                     "config": config.to_dict()})
+    return rows
+
+
+def markdown(rows: list[dict[str, Any]]) -> list[str]:
+    names = sorted({name for row in rows for name in row["hyperparameters"]})
+    lines = ["| trial | val_accuracy | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for row in sorted(rows, key=lambda row: -row["val_accuracy"]):
+        values = [row["hyperparameters"].get(name, "") for name in names]
+        lines.append(f"| {row['trial']} | {row['val_accuracy']:.4f} | "
+                     + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in values)
+                     + " |")
+    return lines
