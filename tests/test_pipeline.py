@@ -131,3 +131,31 @@ def test_tune_then_train_with_best_config(tmp_path):
     record = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert record["config"]["architecture"] == "edge"
     assert record["config"]["edge_widths"] == best["edge_widths"]
+
+
+def test_export_killed_midway_leaves_the_release_intact(exported_copy):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from edgekit import fileio, manifest, runtime
+
+    before = {path.name: fileio.sha256_of(path) for path in exported_copy.iterdir() if path.is_file()}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli", "export", "--model", str(exported_copy / "model.keras"),
+         "--output-dir", str(exported_copy)], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in process.stdout:
+        if line.startswith("exported "):  # one artifact done, the others still converting
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    after = {path.name: fileio.sha256_of(path) for path in exported_copy.iterdir() if path.is_file()}
+    assert after == before
+    payload = manifest.load(exported_copy)
+    for entry in payload["artifacts"]:
+        model = runtime.load(exported_copy / entry["file"])  # sha256 checked against the manifest
+        assert model.predict(np.zeros((1, 28, 28, 1), np.uint8)).shape == (1, 10)
+    assert list(exported_copy.glob(".edgekit-staging-*")), "the killed run's staging folder"

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -256,26 +257,51 @@ def quantize_onnx(float_proto: Any, calibration: np.ndarray) -> Any:
 # --- the command --------------------------------------------------------------------------
 
 
+STAGING_PREFIX = ".edgekit-staging-"
+
+
 def export(model_path: Path, output_dir: Path, config: ExportConfig, data_dir: str | None = None,
            echo: Callable[[str], None] = print) -> list[Artifact]:
-    """Export every requested artifact into ``output_dir`` and update its manifest."""
-    import onnx
+    """Export every requested artifact into ``output_dir`` and update its manifest.
 
+    Everything is first written to a staging folder inside ``output_dir``; only when all
+    files exist are they renamed into place, the manifest last. A run killed mid-way
+    leaves the previous release as it was (and a staging folder the next run removes).
+    """
     from edgekit import evaluation
 
     pairs = plan(config)
     output_dir = fileio.ensure_dir(output_dir)
+    for stale in output_dir.glob(STAGING_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
     model = evaluation.load_keras_model(model_path)
     dataset = data.load(data_dir)
     calibration = calibration_images(dataset.train, config.calibration_size, config.seed)
     manifest = manifest_module.load_or_empty(output_dir)
-    reference_entry = write_reference(model, Path(model_path), output_dir, dataset.test)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
+    try:
+        artifacts = _export_into(model, Path(model_path), output_dir, staging, manifest, pairs,
+                                 config, dataset, calibration, echo)
+        for staged in sorted(staging.iterdir()):
+            os.replace(staged, output_dir / staged.name)
+        manifest_module.save(output_dir, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return artifacts
+
+
+def _export_into(model: Any, model_path: Path, output_dir: Path, staging: Path,
+                 manifest: dict[str, Any], pairs: list[tuple[ExportFormat, Quantization]],
+                 config: ExportConfig, dataset: data.Dataset, calibration: np.ndarray,
+                 echo: Callable[[str], None]) -> list[Artifact]:
+    import onnx
+
+    reference_entry = write_reference(model, model_path, output_dir, staging, dataset.test)
     if manifest.get("reference") and manifest["reference"].get("sha256") != reference_entry["sha256"]:
         # A new reference model invalidates every artifact measured against the old one.
         manifest["artifacts"] = []
     manifest["reference"] = reference_entry
-    fileio.write_text(output_dir / LABELS_FILE, "\n".join(LABELS) + "\n")
-
+    fileio.write_text(staging / LABELS_FILE, "\n".join(LABELS) + "\n")
     artifacts: list[Artifact] = []
     onnx_float = None
     for export_format, quantization in pairs:
@@ -291,13 +317,12 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig, data_dir: s
                     else quantize_onnx(onnx_float, calibration)
                 payload = add_onnx_metadata(proto, PRECISION_NAMES[quantization]).SerializeToString()
                 onnx.checker.check_model(onnx.load_from_string(payload))
-        fileio.write_bytes(output_dir / name, payload)
+        fileio.write_bytes(staging / name, payload)
         seconds = time.perf_counter() - started
-        entry = artifact_entry(output_dir / name, export_format, quantization, config, seconds)
+        entry = artifact_entry(staging / name, export_format, quantization, config, seconds)
         manifest_module.upsert_artifact(manifest, entry)
         artifacts.append(Artifact(name, export_format, quantization, seconds, len(payload)))
         echo(f"exported {output_dir / name} ({fileio.human_size(len(payload))}, {seconds:.1f} s)")
-    manifest_module.save(output_dir, manifest)
     return artifacts
 
 
@@ -324,24 +349,24 @@ def artifact_entry(path: Path, export_format: ExportFormat, quantization: Quanti
     }
 
 
-def write_reference(model: Any, model_path: Path, output_dir: Path, test: data.Split) -> dict[str, Any]:
-    """Copy the Keras model beside the artifacts and store its test-set probabilities.
+def write_reference(model: Any, model_path: Path, output_dir: Path, staging: Path,
+                    test: data.Split) -> dict[str, Any]:
+    """Stage the Keras model and its test-set probabilities beside the artifacts.
 
     The stored probabilities let ``edgekit verify`` run without TensorFlow; the golden
     bundle (a stratified few hundred test images) lets it run without the dataset.
     """
     from edgekit import evaluation
 
-    target = output_dir / REFERENCE_FILE
-    if Path(model_path).resolve() != target.resolve():
-        fileio.copy_file(model_path, target)
-    sha256 = fileio.sha256_of(target)
+    if Path(model_path).resolve() != (output_dir / REFERENCE_FILE).resolve():
+        fileio.copy_file(model_path, staging / REFERENCE_FILE)
+    sha256 = fileio.sha256_of(model_path)
     probabilities = evaluation.predict_probabilities(model, test.images)
-    with fileio.atomic_path(output_dir / REFERENCE_OUTPUTS_FILE) as temporary:
+    with fileio.atomic_path(staging / REFERENCE_OUTPUTS_FILE) as temporary:
         np.savez_compressed(temporary, probabilities=probabilities, labels=test.labels,
                             model_sha256=np.array(sha256))
     golden = golden_indices(test.labels)
-    with fileio.atomic_path(output_dir / GOLDEN_FILE) as temporary:
+    with fileio.atomic_path(staging / GOLDEN_FILE) as temporary:
         np.savez_compressed(temporary, indices=golden, images=test.images[golden],
                             labels=test.labels[golden], probabilities=probabilities[golden],
                             model_sha256=np.array(sha256))
@@ -349,7 +374,7 @@ def write_reference(model: Any, model_path: Path, output_dir: Path, test: data.S
     return {
         "file": REFERENCE_FILE,
         "format": "keras",
-        "bytes": target.stat().st_size,
+        "bytes": Path(model_path).stat().st_size,
         "sha256": sha256,
         "parameters": int(model.count_params()),
         "macs_per_image": models.count_macs(model),
@@ -359,9 +384,9 @@ def write_reference(model: Any, model_path: Path, output_dir: Path, test: data.S
                       "environment") if key in record},
         "test_accuracy": float((probabilities.argmax(1) == test.labels).mean()),
         "outputs_file": REFERENCE_OUTPUTS_FILE,
-        "outputs_sha256": fileio.sha256_of(output_dir / REFERENCE_OUTPUTS_FILE),
+        "outputs_sha256": fileio.sha256_of(staging / REFERENCE_OUTPUTS_FILE),
         "golden_file": GOLDEN_FILE,
-        "golden_sha256": fileio.sha256_of(output_dir / GOLDEN_FILE),
+        "golden_sha256": fileio.sha256_of(staging / GOLDEN_FILE),
         "golden_images": int(len(golden)),
     }
 
