@@ -48,7 +48,7 @@ def variants(boot: np.ndarray, folder: Path) -> dict[str, Path]:
     frames[0].save(files["animated-gif"], save_all=True, append_images=frames[1:], duration=100)
     rotated = big.rotate(90, expand=True)  # stored sideways, EXIF says rotate back
     exif = Image.Exif()
-    exif[0x0112] = 8
+    exif[0x0112] = 6  # stored turned 90° counter-clockwise: turn clockwise to view
     files["exif-rotated"] = save(rotated.convert("RGB"), folder / "exif.jpg", exif=exif.tobytes(),
                                  quality=95)
     return files

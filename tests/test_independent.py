@@ -39,9 +39,12 @@ def independent_tflite(path, pixels):
 
 def independent_onnx(path, pixels):
     import onnx
+    from onnx import version_converter
     from onnx.reference import ReferenceEvaluator
 
     model = onnx.load(str(path))
+    # The reference evaluator implements QuantizeLinear/DequantizeLinear from opset 19 on.
+    model = version_converter.convert_version(model, 21)
     evaluator = ReferenceEvaluator(model)
     name = model.graph.input[0].name
     (result,) = evaluator.run(None, {name: pixels.astype(np.float32)})

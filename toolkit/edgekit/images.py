@@ -34,6 +34,7 @@ def prepare(path: str | Path) -> PreparedImage:
     image, steps = open_image(path)
     grey = to_grey(image, steps)
     grey = invert_if_light(grey, steps)
+    grey = crop_to_content(grey, steps)
     fitted = fit(grey, steps)
     return PreparedImage(path, fitted[:, :, None], steps)
 
@@ -121,6 +122,24 @@ def invert_if_light(grey: np.ndarray, steps: list[str]) -> np.ndarray:
                      "like Fashion-MNIST")
         return 255 - grey
     return grey
+
+
+def crop_to_content(grey: np.ndarray, steps: list[str]) -> np.ndarray:
+    """Trim empty margins, as Fashion-MNIST's own conversion did before resizing.
+
+    Content is any pixel brighter than a tenth of the brightest; 28x28 images (already in
+    the dataset's form) and images without content are left alone.
+    """
+    if grey.shape == (IMAGE_SIZE, IMAGE_SIZE) or grey.max(initial=0) == 0:
+        return grey
+    rows = np.flatnonzero(grey.max(axis=1) > grey.max() / 10)
+    columns = np.flatnonzero(grey.max(axis=0) > grey.max() / 10)
+    top, bottom, left, right = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1
+    if (bottom - top, right - left) == grey.shape:
+        return grey
+    steps.append(f"cropped empty margins: {grey.shape[1]}x{grey.shape[0]} to "
+                 f"{right - left}x{bottom - top}")
+    return grey[top:bottom, left:right]
 
 
 def fit(grey: np.ndarray, steps: list[str]) -> np.ndarray:

@@ -185,7 +185,8 @@ def read_state(output_dir: Path, config: TrainConfig) -> dict[str, Any]:
 def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
     learning_rate: Any = config.learning_rate
     if config.schedule == "cosine":
-        warmup = config.warmup_epochs * steps_per_epoch
+        # Short runs (tests, --epochs 1) keep at least one epoch of decay after the warm-up.
+        warmup = min(config.warmup_epochs, config.epochs - 1) * steps_per_epoch
         learning_rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=config.learning_rate / 10 if warmup else config.learning_rate,
             decay_steps=max(1, config.epochs * steps_per_epoch - warmup),
