@@ -25,7 +25,7 @@ step train     "$EDGEKIT" train --output-dir "$OUT" "$@"
 step evaluate  "$EDGEKIT" evaluate --model "$OUT/model.keras" --output-dir "$OUT/reports"
 step export    "$EDGEKIT" export --model "$OUT/model.keras" --format all --output-dir "$OUT"
 step verify    "$EDGEKIT" verify "$OUT"
-step benchmark "$EDGEKIT" benchmark "$OUT" --training
+step benchmark "$EDGEKIT" benchmark "$OUT" --training --sweep
 
 "$VENV/bin/python" - "$OUT" "$TIMES" <<'PY'
 import json, os, platform, sys

@@ -49,7 +49,12 @@ def test_evaluate_outputs_are_consistent(tiny_pipeline, tmp_path):
 
 
 def test_export_writes_six_artifacts_and_manifest(tiny_pipeline):
+    import onnx
+
     manifest = json.loads((tiny_pipeline / "manifest.json").read_text())
+    # The NCHW->NHWC transpose before Flatten is folded into the dense weights.
+    ops = [node.op_type for node in onnx.load(tiny_pipeline / "model_fp32.onnx").graph.node]
+    assert "Transpose" not in ops and "Shape" not in ops
     assert sorted(entry["file"] for entry in manifest["artifacts"]) == sorted(ARTIFACTS)
     for entry in manifest["artifacts"]:
         assert (tiny_pipeline / entry["file"]).stat().st_size == entry["bytes"]

@@ -34,6 +34,7 @@ class BenchmarkConfig:
     matmul_size: int = 1024
     keras: bool = True
     training: bool = False
+    sweep: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.single_runs < 10 or self.warmup_runs < 0:
@@ -188,9 +189,11 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
         for name, measured in (baselines or {}).items():
             rows.append(row(name, "keras", "fp32", "tensorflow", reference.get("bytes", 0),
                             reference.get("test_accuracy"), measured, macs, peak))
+    sweep_rows = sweep(folder, manifest, images, config, echo) if config.sweep else None
     training_rates = training_throughput(folder, echo) if config.training else None
     result = {
         "training": training_rates,
+        "sweep": sweep_rows,
         "machine": machine(),
         "config": dataclasses.asdict(config),
         "matmul": peak,
@@ -213,6 +216,47 @@ def row(name: str, export_format: str, precision: str, runtime_name: str, size: 
         **measured,
         "fraction_of_matmul_rate": fraction_of_peak(throughput, macs, peak["gflops"]) if macs else None,
     }
+
+
+SWEEP_BATCHES = (1, 32, 256)
+
+
+def sweep(folder: Path, manifest: dict[str, Any], images: np.ndarray, config: BenchmarkConfig,
+          echo: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Batched throughput per artifact over threads, batch size and (LiteRT) XNNPACK mode.
+
+    Answers "is int8 faster than float here, and if not, why": each setting is one row.
+    """
+    rows = []
+    threads_options = sorted({1, os.cpu_count() or 1})
+    short = dataclasses.replace(config, batched_seconds=min(config.batched_seconds, 1.0))
+    for entry in manifest["artifacts"]:
+        path = manifest_module.safe_file(folder, entry["file"])
+        modes = runtime.XNNPACK_MODES if entry["format"] == "tflite" else ("n/a",)
+        echo(f"sweeping {entry['file']}")
+        for mode in modes:
+            for threads in threads_options:
+                model = runtime.load(path, threads=threads,
+                                     xnnpack=mode if mode != "n/a" else "default")
+                for batch in SWEEP_BATCHES:
+                    measured = time_batched(model.predict, images,
+                                            dataclasses.replace(short, batch_size=batch))
+                    rows.append({"artifact": entry["file"], "precision": entry["precision"],
+                                 "xnnpack": mode, "threads": threads, "batch_size": batch,
+                                 "images_per_second": measured["images_per_second"]})
+    return rows
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> list[str]:
+    settings = sorted({(row["threads"], row["batch_size"]) for row in rows})
+    header = "| artifact | XNNPACK | " + " | ".join(f"{t} thr, batch {b}" for t, b in settings) + " |"
+    lines = [header, "|---|---|" + "---|" * len(settings)]
+    keyed = {(row["artifact"], row["xnnpack"], row["threads"], row["batch_size"]):
+             row["images_per_second"] for row in rows}
+    for artifact, mode in dict.fromkeys((row["artifact"], row["xnnpack"]) for row in rows):
+        cells = [f"{keyed[(artifact, mode, t, b)]:,.0f}" for t, b in settings]
+        lines.append(f"| {artifact} | {mode} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def training_throughput(folder: Path, echo: Callable[[str], None]) -> dict[str, Any] | None:

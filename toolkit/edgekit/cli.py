@@ -349,20 +349,23 @@ def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | Non
 @click.option("--seconds", "batched_seconds", type=click.FloatRange(0.1, 600), default=3.0,
               show_default=True, help="Duration of the batched measurement per artifact.")
 @click.option("--no-keras", is_flag=True, help="Skip the Keras baselines.")
+@click.option("--sweep", is_flag=True,
+              help="Also measure throughput over threads, batch sizes and LiteRT XNNPACK modes.")
 @click.option("--training", is_flag=True,
               help="Also measure the training input pipeline with and without augmentation "
                    "(needs the train extra and the dataset).")
 @data_dir_option
 @friendly_errors
 def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: int,
-              batched_seconds: float, no_keras: bool, training: bool, data_dir: Path | None) -> None:
+              batched_seconds: float, no_keras: bool, sweep: bool, training: bool,
+              data_dir: Path | None) -> None:
     """Latency, throughput, load time, memory and size of every artifact, in one run."""
     from edgekit import benchmark as benchmark_module
 
     config = config_or_bad_parameter(
         benchmark_module.BenchmarkConfig, batch_size=batch_size, threads=threads,
         single_runs=single_runs, batched_seconds=batched_seconds, keras=not no_keras,
-        training=training)
+        training=training, sweep=sweep)
     result = benchmark_module.run(folder, config, data_dir=str(data_dir) if data_dir else None,
                                   echo=click.echo)
     click.echo("")
@@ -370,6 +373,11 @@ def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: i
                f"{result['macs_per_image']:,} MACs per image")
     for line in benchmark_module.table(result):
         click.echo(line)
+    if result.get("sweep"):
+        click.echo("")
+        click.echo("throughput sweep (images/s):")
+        for line in benchmark_module.sweep_table(result["sweep"]):
+            click.echo(line)
     if result.get("training"):
         rates = result["training"]
         click.echo(f"training: {rates['epoch_images_per_second_median']:,.0f} images/s per epoch "

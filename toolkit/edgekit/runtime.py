@@ -171,15 +171,27 @@ class OnnxRuntimeModel(LoadedModel):
         return dequantize(np.asarray(result), self.output)
 
 
+XNNPACK_MODES = ("default", "latest", "off")
+
+
 class LiteRTModel(LoadedModel):
     format = "tflite"
 
-    def __init__(self, path: Path, threads: int | None, labels: tuple[str, ...]) -> None:
+    def __init__(self, path: Path, threads: int | None, labels: tuple[str, ...],
+                 xnnpack: str = "default") -> None:
         super().__init__(path, threads, labels)
         from ai_edge_litert import interpreter as litert
 
+        if xnnpack not in XNNPACK_MODES:
+            raise ValueError(f"xnnpack must be one of {', '.join(XNNPACK_MODES)}")
+        resolver = (litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if xnnpack == "off"
+                    else litert.OpResolverType.AUTO)
         try:
-            self.interpreter = litert.Interpreter(model_path=str(path), num_threads=threads)
+            # LiteRT runs one thread unless told otherwise; use the machine like ONNX Runtime does.
+            self.interpreter = litert.Interpreter(
+                model_path=str(path), num_threads=threads or os.cpu_count() or 1,
+                experimental_op_resolver_type=resolver,
+                experimental_default_delegate_latest_features=xnnpack == "latest")
             self.interpreter.allocate_tensors()
         except Exception as error:  # LiteRT raises ValueError/RuntimeError for bad files
             raise errors.ModelError(
@@ -212,8 +224,14 @@ class LiteRTModel(LoadedModel):
 RUNTIMES: dict[str, type[LoadedModel]] = {".onnx": OnnxRuntimeModel, ".tflite": LiteRTModel}
 
 
-def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256: bool = True) -> LoadedModel:
-    """Load an exported model; check its sha256 against the manifest beside it, if listed."""
+def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256: bool = True,
+         xnnpack: str = "default") -> LoadedModel:
+    """Load an exported model; check its sha256 against the manifest beside it, if listed.
+
+    ``threads``: intra-op threads (default: the runtime's choice, all cores).
+    ``xnnpack`` (LiteRT only): "default", "latest" (all of XNNPACK's flag-protected
+    features, e.g. more int8 kernels) or "off" (LiteRT's builtin kernels only).
+    """
     path = Path(path)
     if path.is_dir():
         raise errors.ModelError(f"{path} is a folder; pass a .onnx or .tflite file.")
@@ -240,6 +258,8 @@ def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256
                 )
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
+    if runtime_class is LiteRTModel:
+        return LiteRTModel(path, threads, labels, xnnpack=xnnpack)
     return runtime_class(path, threads, labels)
 
 

@@ -250,6 +250,7 @@ def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
             validation_data=make_dataset(validation_split, config, training=False),
             epochs=config.epochs,
             initial_epoch=initial_epoch,
+            shuffle=False,  # the tf.data pipeline shuffles, seeded
             callbacks=callbacks,
             verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
         )

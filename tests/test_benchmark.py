@@ -1,0 +1,65 @@
+"""The benchmark's structure and arithmetic (never a speed: this machine is shared)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from edgekit import benchmark
+
+
+def test_percentiles_are_ordered_and_in_milliseconds():
+    samples = list(np.random.default_rng(0).exponential(0.001, 500))
+    result = benchmark.percentiles(samples)
+    assert result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"]
+    assert result["p50_ms"] == pytest.approx(np.median(samples) * 1000)
+    assert result["runs"] == 500
+
+
+def test_fraction_of_matmul_rate():
+    # 10,000 images/s x 4.6M MACs x 2 FLOPs = 92 GFLOP/s, over a 184 GFLOP/s machine: one half.
+    assert benchmark.fraction_of_peak(10_000, 4_600_000, 184.0) == pytest.approx(0.5)
+
+
+def test_matmul_rate_is_positive():
+    result = benchmark.matmul_rate(128, repeats=2)
+    assert result["gflops"] > 0 and result["size"] == 128
+
+
+def test_time_batched_counts_images():
+    calls = []
+    result = benchmark.time_batched(lambda batch: calls.append(len(batch)), np.zeros((100, 28, 28, 1)),
+                                    benchmark.BenchmarkConfig(batch_size=10, batched_seconds=0.01))
+    assert result["images"] == 10 * (len(calls) - 1)  # the first call is the warm-up
+    assert result["images_per_second"] == pytest.approx(result["images"] / result["seconds"])
+
+
+def test_released_benchmark_report(exported):
+    report = json.loads((exported / "reports" / "benchmark.json").read_text())
+    manifest = json.loads((exported / "manifest.json").read_text())
+    rows = {row["artifact"]: row for row in report["rows"]}
+    assert {entry["file"] for entry in manifest["artifacts"]} <= set(rows)
+    assert {"keras model.predict", "keras direct call"} <= set(rows)
+    assert report["macs_per_image"] == manifest["reference"]["macs_per_image"] > 0
+    for name, row in rows.items():
+        single = row["single"]
+        assert single["p50_ms"] <= single["p90_ms"] <= single["p99_ms"], name
+        expected = (row["batched"]["images_per_second"] * report["macs_per_image"] * 2
+                    / (report["matmul"]["gflops"] * 1e9))
+        assert row["fraction_of_matmul_rate"] == pytest.approx(expected), name
+        if name in {entry["file"] for entry in manifest["artifacts"]}:
+            entry = next(e for e in manifest["artifacts"] if e["file"] == name)
+            assert row["bytes"] == entry["bytes"]
+            assert row["accuracy"] == entry["metrics"]["accuracy"]  # from the parity report
+    assert (exported / "reports" / "benchmark.png").stat().st_size > 0
+
+
+def test_benchmark_cli_on_a_copy(exported_copy):
+    from conftest import run_cli
+
+    result = run_cli("benchmark", str(exported_copy), "--runs", "10", "--seconds", "0.1",
+                     "--no-keras")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((exported_copy / "reports" / "benchmark.json").read_text())
+    assert len(report["rows"]) == 6
+    assert "model_int8.tflite" in result.stdout
