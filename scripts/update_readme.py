@@ -83,6 +83,11 @@ def benchmark_section(benchmark: dict) -> str:
              f"{benchmark['config']['batch_size']}; latency in ms, throughput in images/s, "
              "% of the matmul rate = throughput × MACs × 2 / rate.", ""]
     lines += benchmark_module.table(benchmark)
+    cold = benchmark.get("predict_cold_start")
+    if cold:
+        lines += ["", f"`edgekit predict` on one image, a whole new process with the int8 TFLite "
+                  f"model (no TensorFlow imported): {cold['median_seconds']:.2f} s wall "
+                  "(median of 5)."]
     training = benchmark.get("training")
     if training:
         pipeline = training["pipeline"]

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 def test_train_outputs(tiny_pipeline):
     folder = tiny_pipeline
     for name in ("model.keras", "train_config.json", "history.json", "checkpoints/best.keras",
-                 "checkpoints/last.keras"):
+                 "checkpoints/last-a.keras", "checkpoints/state.json"):
         assert (folder / name).is_file(), name
     record = json.loads((folder / "train_config.json").read_text())
     assert record["config"]["seed"] == 42 and record["config"]["limit"] == 3000

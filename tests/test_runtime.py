@@ -121,3 +121,14 @@ def test_missing_and_unknown(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"x")
     with pytest.raises(errors.ModelError, match="unknown model format"):
         runtime.load(tmp_path / "model.pt")
+
+
+def test_onnx_checker_where_installed(tmp_path):
+    pytest.importorskip("onnx")
+    from conftest import ROOT
+
+    broken = tmp_path / "five-classes.onnx"
+    broken.write_bytes((ROOT / "tests" / "data" / "bad" / "models" / "truncated.onnx").read_bytes())
+    with pytest.raises(errors.ModelError, match="onnx.checker"):
+        runtime.check_onnx_graph(broken)
+    runtime.check_onnx_graph(ROOT / "exported" / "model_int8.onnx")  # a good file passes

@@ -189,9 +189,12 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
         for name, measured in (baselines or {}).items():
             rows.append(row(name, "keras", "fp32", "tensorflow", reference.get("bytes", 0),
                             reference.get("test_accuracy"), measured, macs, peak))
+    echo("timing `edgekit predict` on one image from a cold start")
+    cold_start = predict_cold_start(folder, images[0])
     sweep_rows = sweep(folder, manifest, images, config, echo) if config.sweep else None
     training_rates = training_throughput(folder, echo) if config.training else None
     result = {
+        "predict_cold_start": cold_start,
         "training": training_rates,
         "sweep": sweep_rows,
         "machine": machine(),
@@ -216,6 +219,28 @@ def row(name: str, export_format: str, precision: str, runtime_name: str, size: 
         **measured,
         "fraction_of_matmul_rate": fraction_of_peak(throughput, macs, peak["gflops"]) if macs else None,
     }
+
+
+def predict_cold_start(folder: Path, image: np.ndarray, repeats: int = 5) -> dict[str, Any]:
+    """Wall time of a whole ``edgekit predict`` process on one PNG (default int8 model)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-") as scratch:
+        picture = Path(scratch) / "image.png"
+        Image.fromarray(image[:, :, 0]).save(picture)
+        command = [sys.executable, "-m", "edgekit.cli", "predict", str(picture), "--model",
+                   str(folder / "model_int8.tflite")]
+        seconds = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            seconds.append(time.perf_counter() - started)
+    return {"command": "edgekit predict IMAGE --model model_int8.tflite",
+            "median_seconds": float(np.median(seconds)), "runs": seconds}
 
 
 SWEEP_BATCHES = (1, 32, 256)

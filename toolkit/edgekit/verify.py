@@ -102,7 +102,8 @@ def verify(folder: Path, bars: dict[str, parity.Bar], golden: bool = False,
         result = ArtifactResult(entry["file"], entry["precision"], entry["format"])
         started = time.perf_counter()
         try:
-            model = runtime.load(manifest_module.safe_file(folder, entry["file"]), threads=threads)
+            model = runtime.load(manifest_module.safe_file(folder, entry["file"]), threads=threads,
+                                 check_graph=True)
             outputs = model.predict(images)
             result.measures = parity.measure(reference.probabilities, outputs, reference.labels,
                                              reference.indices)
