@@ -105,3 +105,42 @@ def test_tampered_manifest(exported_copy, kind, fragment):
     verified = run_cli("verify", str(exported_copy), "--golden")
     for result in (predicted, verified):
         assert_clean_error(result, fragment)
+
+
+def test_full_disk_during_a_write_is_one_error_and_keeps_the_old_file(exported_copy, monkeypatch):
+    """ENOSPC in the middle of writing the manifest: Error line, exit 1, old manifest intact."""
+    import errno
+
+    from click.testing import CliRunner
+
+    from edgekit import cli, fileio
+
+    before = (exported_copy / "manifest.json").read_bytes()
+    real_fsync = fileio.os.fsync
+
+    def full_disk(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", full_disk)
+    result = CliRunner().invoke(cli.main, ["verify", str(exported_copy), "--golden"])
+    monkeypatch.setattr(fileio.os, "fsync", real_fsync)
+    assert result.exit_code == 0  # --golden writes nothing
+    monkeypatch.setattr(fileio.os, "fsync", full_disk)
+    result = CliRunner().invoke(cli.main, ["verify", str(exported_copy)])
+    assert result.exit_code == 1
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert (exported_copy / "manifest.json").read_bytes() == before
+    assert not list(exported_copy.glob(".*.tmp*")) and not list(exported_copy.glob("reports/.*.tmp*"))
+
+
+def test_a_fifo_does_not_hang(exported, tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    result = run_cli("predict", str(fifo), "--model", str(exported / "model_int8.tflite"), timeout=30)
+    assert_clean_error(result, "not a regular file")
+    model_fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(model_fifo)
+    result = run_cli("predict", str(DATA / "odd" / "colour.bmp"), "--model", str(model_fifo), timeout=30)
+    assert_clean_error(result, "not a regular file")

@@ -39,9 +39,15 @@ def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> It
         with open(temporary, "rb+") as stream:
             os.fsync(stream.fileno())
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+        if isinstance(error, OSError) and not isinstance(error, errors.EdgekitError):
+            # A full disk, a read-only mount, a permission: the user can fix it.
+            raise errors.EdgekitError(
+                f"cannot write {target}: {error.strerror or error}. Free space or choose another "
+                "output folder, then rerun; the previous file, if any, is unchanged."
+            ) from error
         raise
 
 

@@ -42,8 +42,10 @@ def prepare(path: str | Path) -> PreparedImage:
 def open_image(path: Path) -> tuple[Image.Image, list[str]]:
     if path.is_dir():
         raise errors.ImageError(f"{path} is a folder; pass image files (e.g. {path}/*.png).")
-    if not path.is_file():
+    if not path.exists():
         raise errors.ImageError(f"image {path} does not exist.")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise errors.ImageError(f"{path} is not a regular file; pass an image file.")
     if path.stat().st_size == 0:
         raise errors.ImageError(f"image {path} is an empty file.")
     steps: list[str] = []

@@ -255,8 +255,10 @@ def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256
     path = Path(path)
     if path.is_dir():
         raise errors.ModelError(f"{path} is a folder; pass a .onnx or .tflite file.")
-    if not path.is_file():
+    if not path.exists():
         raise errors.ModelError(f"model file {path} does not exist.")
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise errors.ModelError(f"{path} is not a regular file; pass a .onnx or .tflite file.")
     runtime_class = RUNTIMES.get(path.suffix.lower())
     if runtime_class is None:
         raise errors.ModelError(
