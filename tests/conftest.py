@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -78,9 +77,3 @@ def exported_copy(exported: Path, tmp_path: Path) -> Path:
     target = tmp_path / "exported"
     shutil.copytree(exported, target, ignore=shutil.ignore_patterns("reports", "checkpoints"))
     return target
-
-
-def first_test_images(count: int) -> np.ndarray:
-    from edgekit import data
-
-    return data.load_test().images[:count]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from edgekit import errors, images
 
 
@@ -106,21 +106,6 @@ def test_predict_text_output_and_top_k(exported, boot, tmp_path):
     assert "note: inverted" in result.stdout
 
 
-def write_bomb(path: Path) -> Path:
-    # A PNG header declaring 30000x30000 pixels: tiny file, 900 megapixels.
-    small = io.BytesIO()
-    Image.new("L", (1, 1)).save(small, format="PNG")
-    data = bytearray(small.getvalue())
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 0, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    data[8:33] = struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    path.write_bytes(bytes(data))
-    return path
-
-
 @pytest.mark.parametrize("kind, message", [
     ("missing", "does not exist"),
     ("folder", "is a folder"),
@@ -142,6 +127,7 @@ def test_bad_images(boot, tmp_path, kind, message):
         Image.fromarray(boot).resize((200, 200)).save(full, format="PNG")
         path.write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
     elif kind == "bomb":
-        write_bomb(path)
+        # The corpus' bomb (scripts/make_bad_inputs.py): a PNG declaring 40000x40000 pixels.
+        path.write_bytes((ROOT / "tests" / "data" / "bad" / "images" / "bomb.png").read_bytes())
     with pytest.raises(errors.ImageError, match=message):
         images.prepare(path)

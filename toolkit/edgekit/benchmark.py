@@ -326,6 +326,7 @@ def bench_images(folder: Path, manifest: dict[str, Any], data_dir: str | None) -
 
 def machine() -> dict[str, Any]:
     flags = ""
+    name = platform.processor()
     try:
         with open("/proc/cpuinfo") as stream:
             for line in stream:
@@ -335,7 +336,7 @@ def machine() -> dict[str, Any]:
                     flags = line
                     break
     except OSError:
-        name = platform.processor()
+        pass
     import onnxruntime
 
     try:
@@ -343,7 +344,7 @@ def machine() -> dict[str, Any]:
     except ImportError:
         litert_version = "unknown"
     return {
-        "cpu": name if flags else platform.processor(),
+        "cpu": name,
         "cpus": os.cpu_count(),
         "avx2": " avx2" in flags, "avx512": " avx512f" in flags,
         "vnni": " avx512_vnni" in flags or " avx_vnni" in flags,

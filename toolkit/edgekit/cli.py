@@ -38,8 +38,6 @@ def friendly_errors(command: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except errors.MissingDependencyError as error:
-            raise click.ClickException(str(error)) from None
         except errors.EdgekitError as error:
             raise click.ClickException(str(error)) from None
         except ModuleNotFoundError as error:

@@ -28,9 +28,5 @@ class ImageError(EdgekitError):
     """An image file cannot be read or turned into model input."""
 
 
-class MissingDependencyError(EdgekitError):
-    """An optional dependency (an install extra) is not installed."""
-
-
 class ParityError(EdgekitError):
     """An artifact missed one or more parity bars."""

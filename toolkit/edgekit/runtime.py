@@ -116,7 +116,7 @@ class LoadedModel:
 
     def _check_contract(self) -> None:
         shape = self.input.shape
-        if len(shape) != 4 or [dimension for dimension in shape[1:]] != [IMAGE_SIZE, IMAGE_SIZE, 1]:
+        if len(shape) != 4 or list(shape[1:]) != [IMAGE_SIZE, IMAGE_SIZE, 1]:
             raise errors.ModelError(
                 f"{self.path.name} takes input of shape {shape}, not [N, {IMAGE_SIZE}, "
                 f"{IMAGE_SIZE}, 1]: it is not a model for this input contract."

@@ -17,7 +17,7 @@ from typing import Any
 import keras
 import keras_tuner
 
-from edgekit import data, fileio, models, training
+from edgekit import data, errors, fileio, models, training
 from edgekit.config import TrainConfig
 
 TRIALS_JSON = "trials.json"
@@ -103,7 +103,7 @@ def tune(base: TrainConfig, output_dir: Path, method: str = "bayesian", max_tria
              else f"trial {trials_done}: failed")
     rows = trials_table(tuner, hypermodel)
     if not rows:
-        raise RuntimeError("no trial finished within the budget; raise --budget-minutes")
+        raise errors.EdgekitError("no trial finished within the budget; raise --budget-minutes.")
     best = max(rows, key=lambda row: row["val_accuracy"])
     best_config = {key: value for key, value in best["config"].items() if key != "limit"}
     fileio.write_json(output_dir / BEST_CONFIG, best_config)
