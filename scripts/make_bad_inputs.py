@@ -6,6 +6,7 @@ Broken inputs must each produce one `Error:` line; odd-but-valid images must be 
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import struct
@@ -53,6 +54,20 @@ def broken_images(folder: Path) -> None:
     picture.convert("RGB").save(jpeg, format="JPEG")
     (folder / "truncated.jpg").write_bytes(jpeg.getvalue()[:300])
     (folder / "random.gif").write_bytes(np.random.default_rng(1).bytes(512))
+    bad_crc = bytearray(good)
+    bad_crc[40] ^= 0xFF  # inside the first chunk: its CRC no longer matches
+    (folder / "bad-crc.png").write_bytes(bytes(bad_crc))
+    (folder / "vector.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>')
+    gif = io.BytesIO()
+    picture.save(gif, format="GIF")
+    (folder / "truncated.gif").write_bytes(gif.getvalue()[:60])
+    # A JPEG whose frame header declares 65000 x 65000 pixels (4.2 gigapixels).
+    small = io.BytesIO()
+    Image.new("L", (8, 8)).save(small, format="JPEG")
+    header = bytearray(small.getvalue())
+    frame = header.find(b"\xff\xc0")
+    header[frame + 5:frame + 9] = struct.pack(">HH", 65000, 65000)
+    (folder / "bomb.jpg").write_bytes(bytes(header))
 
 
 def odd_images(folder: Path) -> None:
@@ -75,6 +90,12 @@ def odd_images(folder: Path) -> None:
     white.save(folder / "white background.png")
     big.save(folder / "bööt ünïcode.png")
     big.convert("RGB").save(folder / "colour.bmp")
+    Image.fromarray(np.asarray(big).astype(np.float32) / 255.0).save(folder / "float32.tif")
+    big.convert("1").save(folder / "one-bit.png")
+    Image.merge("LA", [big, Image.new("L", big.size, 255)]).save(folder / "grey-alpha.png")
+    Image.fromarray(np.asarray(big)).save(folder / "multipage.tif", save_all=True,
+                                          append_images=[Image.fromarray(np.asarray(white))])
+    big.convert("RGB").save(folder / "boot.webp", quality=90)
 
 
 def broken_models(folder: Path) -> None:
@@ -92,10 +113,12 @@ def broken_models(folder: Path) -> None:
     (folder / "onnx-named.tflite").write_bytes(onnx_bytes[:50_000])
     (folder / "tflite-named.onnx").write_bytes(tflite_bytes[:50_000])
 
-    def linear(name: str, side: int, classes: int, external: str | None = None) -> None:
-        pixels = helper.make_tensor_value_info("pixels", TensorProto.FLOAT, [None, side, side, 1])
+    def linear(name: str, side: int, classes: int, external: str | None = None,
+               input_type: int = TensorProto.FLOAT, fill: float = 0.0, extra_input: bool = False,
+               op: str = "Softmax", opset: int = 17) -> None:
+        pixels = helper.make_tensor_value_info("pixels", input_type, [None, side, side, 1])
         output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, classes])
-        weights = numpy_helper.from_array(np.zeros((side * side, classes), np.float32), "W")
+        weights = numpy_helper.from_array(np.full((side * side, classes), fill, np.float32), "W")
         shape = numpy_helper.from_array(np.array([-1, side * side], np.int64), "shape")
         if external is not None:
             weights.ClearField("raw_data")
@@ -104,16 +127,45 @@ def broken_models(folder: Path) -> None:
                                ("length", str(side * side * classes * 4))):
                 entry = weights.external_data.add()
                 entry.key, entry.value = key, value
-        nodes = [helper.make_node("Reshape", ["pixels", "shape"], ["flat"]),
+        nodes = [helper.make_node("Cast", ["pixels"], ["floats"], to=TensorProto.FLOAT),
+                 helper.make_node("Reshape", ["floats", "shape"], ["flat"]),
                  helper.make_node("MatMul", ["flat", "W"], ["logits"]),
-                 helper.make_node("Softmax", ["logits"], ["probabilities"])]
-        graph = helper.make_graph(nodes, name, [pixels], [output], [weights, shape])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+                 helper.make_node(op, ["logits"], ["probabilities"],
+                                  domain="" if op == "Softmax" else "com.example")]
+        inputs = [pixels] + ([helper.make_tensor_value_info("extra", TensorProto.FLOAT, [None, 3])]
+                             if extra_input else [])
+        graph = helper.make_graph(nodes, name, inputs, [output], [weights, shape])
+        domains = [helper.make_opsetid("", opset)] + (
+            [] if op == "Softmax" else [helper.make_opsetid("com.example", 1)])
+        model = helper.make_model(graph, opset_imports=domains)
         (folder / f"{name}.onnx").write_bytes(model.SerializeToString())
 
     linear("wrong-input-shape", 32, 10)
     linear("five-classes", 28, 5)
     linear("external-data-outside", 28, 10, external="../../../../../etc/passwd")
+    linear("int32-input", 28, 10, input_type=TensorProto.INT32)
+    linear("two-inputs", 28, 10, extra_input=True)
+    linear("nan-weights", 28, 10, fill=float("nan"))
+    linear("unknown-operator", 28, 10, op="FooBar")
+    linear("opset-99", 28, 10, opset=99)
+    (folder / "no-extension").write_bytes(tflite_bytes)
+    (folder / "gzipped.onnx").write_bytes(gzip.compress(onnx_bytes[:20_000]))
+    keras_models(folder)
+
+
+def keras_models(folder: Path) -> None:
+    """Valid TFLite models that break the contract (needs TensorFlow, as export does)."""
+    import keras
+    import tensorflow as tf
+
+    def tflite(name: str, side: int, classes: int) -> None:
+        inputs = keras.Input((side, side, 1))
+        outputs = keras.layers.Dense(classes, activation="softmax")(keras.layers.Flatten()(inputs))
+        converter = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, outputs))
+        (folder / f"{name}.tflite").write_bytes(converter.convert())
+
+    tflite("wrong-input-shape", 32, 10)
+    tflite("five-classes", 28, 5)
 
 
 def main() -> None:

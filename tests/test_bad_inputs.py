@@ -63,6 +63,12 @@ def test_broken_model_messages(tmp_path):
     assert "escapes model directory" in error_for("external-data-outside.onnx")
     assert "rename it to .tflite" in error_for("tflite-named.onnx")
     assert "an ONNX file renamed?" in error_for("onnx-named.tflite")
+    assert "takes input of shape [None, 32, 32, 1]" in error_for("wrong-input-shape.tflite")
+    assert "not a 10-class classifier" in error_for("five-classes.tflite")
+    assert "input tensor pixels is int32" in error_for("int32-input.onnx")
+    assert "has 2 input(s)" in error_for("two-inputs.onnx")
+    assert "produced NaN or infinite outputs" in error_for("nan-weights.onnx")
+    assert "this one is a TFLite flatbuffer: rename it to .tflite" in error_for("no-extension")
 
 
 def test_odd_images_are_labelled(exported):

@@ -10,7 +10,9 @@ from PIL import Image
 
 from edgekit import errors, images, runtime
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI on a fresh clone explores the same examples every run (no flaky red).
+FAST = settings(max_examples=60, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow])
 
 
 @FAST
@@ -41,7 +43,7 @@ def test_in_range_floats_round_to_the_same_pixels(array):
 def test_any_decodable_image_becomes_model_input(width, height, mode, file_format, seed, tmp_path_factory):
     if file_format == "JPEG" and mode not in ("L", "RGB"):
         return
-    if file_format == "GIF" and mode == "I;16":
+    if file_format in ("GIF", "BMP") and mode == "I;16":  # Pillow cannot write these
         return
     rng = np.random.default_rng(seed)
     if mode == "I;16":

@@ -92,9 +92,15 @@ def to_grey(image: Image.Image, steps: list[str]) -> np.ndarray:
     """Greyscale as uint8, whatever the mode (16-bit, float, palette, CMYK, alpha)."""
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        high = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        steps.append(f"scaled {mode} pixels to 8 bits")
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(values.max(initial=0))
+        if mode.startswith("I;16"):
+            high = 65535.0
+        elif mode == "F" and top <= 1.0:
+            high = 1.0  # the usual range of float images
+        else:
+            high = next(limit for limit in (255.0, 65535.0, max(top, 1.0)) if top <= limit)
+        steps.append(f"scaled {mode} pixels (0..{high:g}) to 8 bits")
         return np.clip(np.rint(values / high * 255.0), 0, 255).astype(np.uint8)
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")

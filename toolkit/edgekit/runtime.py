@@ -106,7 +106,13 @@ class LoadedModel:
             raise ValueError("batch_size must be at least 1")
         outputs = [self._run(images[start:start + batch_size])
                    for start in range(0, len(images), batch_size)]
-        return np.concatenate(outputs).astype(np.float32, copy=False)
+        probabilities = np.concatenate(outputs).astype(np.float32, copy=False)
+        if not np.all(np.isfinite(probabilities)):
+            raise errors.ModelError(
+                f"{self.path.name} produced NaN or infinite outputs: its weights are broken. "
+                "Re-export it with `edgekit export`."
+            )
+        return probabilities
 
     def _prepare(self, images: np.ndarray) -> np.ndarray:
         """uint8 pixels -> what the input tensor takes."""
@@ -114,7 +120,20 @@ class LoadedModel:
             return images.astype(self.input.dtype)
         return quantize(images, self.input)
 
-    def _check_contract(self) -> None:
+    def _check_contract(self, inputs: int = 1, outputs: int = 1) -> None:
+        if inputs != 1 or outputs != 1:
+            raise errors.ModelError(
+                f"{self.path.name} has {inputs} input(s) and {outputs} output(s), not one image "
+                "input and one probability output: it is not a model for this input contract."
+            )
+        for role, tensor in (("input", self.input), ("output", self.output)):
+            quantized = tensor.dtype in ("uint8", "int8") and bool(tensor.scale)
+            if tensor.dtype not in ("float32", "float16") and not quantized:
+                raise errors.ModelError(
+                    f"{self.path.name}: {role} tensor {tensor.name} is {tensor.dtype}; edgekit runs "
+                    "models with float32/float16 or quantised uint8/int8 tensors. Re-export it "
+                    "with `edgekit export`."
+                )
         shape = self.input.shape
         if len(shape) != 4 or list(shape[1:]) != [IMAGE_SIZE, IMAGE_SIZE, 1]:
             raise errors.ModelError(
@@ -155,13 +174,15 @@ class OnnxRuntimeModel(LoadedModel):
                 f"ONNX Runtime cannot load {path}: {_first_line(error)}. The file is corrupt or "
                 "not an ONNX model; re-export it with `edgekit export`."
             ) from error
-        (model_input,) = self.session.get_inputs()[:1]
-        (model_output,) = self.session.get_outputs()[:1]
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if not inputs or not outputs:
+            raise errors.ModelError(f"{path.name} has no inputs or no outputs; re-export it.")
+        model_input, model_output = inputs[0], outputs[0]
         self.input = TensorInfo(model_input.name, _onnx_dtype(model_input.type),
                                 [_dimension(d) for d in model_input.shape])
         self.output = TensorInfo(model_output.name, _onnx_dtype(model_output.type),
                                  [_dimension(d) for d in model_output.shape])
-        self._check_contract()
+        self._check_contract(len(inputs), len(outputs))
         metadata = self.session.get_modelmeta().custom_metadata_map
         if "labels" in metadata:
             self.labels = tuple(json.loads(metadata["labels"]))
@@ -198,13 +219,16 @@ class LiteRTModel(LoadedModel):
                 f"LiteRT cannot load {path}: {_first_line(error)}. The file is corrupt or not a "
                 "TFLite model; re-export it with `edgekit export`."
             ) from error
-        input_detail = self.interpreter.get_input_details()[0]
-        output_detail = self.interpreter.get_output_details()[0]
+        input_details = self.interpreter.get_input_details()
+        output_details = self.interpreter.get_output_details()
+        if not input_details or not output_details:
+            raise errors.ModelError(f"{path.name} has no inputs or no outputs; re-export it.")
+        input_detail, output_detail = input_details[0], output_details[0]
         self._input_index = input_detail["index"]
         self._output_index = output_detail["index"]
         self.input = _litert_tensor(input_detail)
         self.output = _litert_tensor(output_detail)
-        self._check_contract()
+        self._check_contract(len(input_details), len(output_details))
         self._batch = int(input_detail["shape"][0])
         metadata = _tflite_metadata(path)
         if metadata and "labels" in metadata:
@@ -261,9 +285,7 @@ def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256
         raise errors.ModelError(f"{path} is not a regular file; pass a .onnx or .tflite file.")
     runtime_class = RUNTIMES.get(path.suffix.lower())
     if runtime_class is None:
-        raise errors.ModelError(
-            f"{path.name}: unknown model format {path.suffix!r}; edgekit runs .onnx and .tflite files."
-        )
+        raise errors.ModelError(_unknown_format(path))
     _check_file_kind(path)
     labels = LABELS
     entry = manifest_entry(path)
@@ -295,6 +317,22 @@ def manifest_entry(path: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
     manifest = manifest_module.load(folder)
     artifact = manifest_module.find_artifact(manifest, path.name)
     return None if artifact is None else (manifest, artifact)
+
+
+def _unknown_format(path: Path) -> str:
+    """Say what the file seems to be, from its first bytes, and how to run it."""
+    message = f"{path.name}: unknown model format {path.suffix!r}; edgekit runs .onnx and .tflite files"
+    if path.suffix.lower() in (".keras", ".h5"):
+        return (message + ". Keras models are the training side: `edgekit export --model "
+                f"{path}` makes the .tflite and .onnx files that predict runs.")
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(8)
+    except OSError:
+        return message + "."
+    if head[4:8] == TFLITE_MAGIC:
+        return message + "; this one is a TFLite flatbuffer: rename it to .tflite."
+    return message + "."
 
 
 def _check_file_kind(path: Path) -> None:
@@ -332,7 +370,9 @@ def _first_line(error: BaseException) -> str:
 def _onnx_dtype(type_name: str) -> str:
     names = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
              "tensor(int8)": "int8", "tensor(double)": "float64"}
-    return names.get(type_name, type_name)
+    if type_name in names:
+        return names[type_name]
+    return type_name.removeprefix("tensor(").removesuffix(")")
 
 
 def _dimension(value: Any) -> int | None:
