@@ -25,7 +25,9 @@ step train     "$EDGEKIT" train --output-dir "$OUT" "$@"
 step evaluate  "$EDGEKIT" evaluate --model "$OUT/model.keras" --output-dir "$OUT/reports"
 step export    "$EDGEKIT" export --model "$OUT/model.keras" --format all --output-dir "$OUT"
 step verify    "$EDGEKIT" verify "$OUT"
-step benchmark "$EDGEKIT" benchmark "$OUT" --training --sweep
+COMPARE=()  # the reference CNN's release, measured in the same benchmark run
+if [ -f "$OUT/reference/manifest.json" ]; then COMPARE=(--compare "$OUT/reference"); fi
+step benchmark "$EDGEKIT" benchmark "$OUT" --training --sweep "${COMPARE[@]}"
 
 "$VENV/bin/python" - "$OUT" "$TIMES" <<'PY'
 import json, os, platform, sys

@@ -100,6 +100,36 @@ def benchmark_section(benchmark: dict) -> str:
     return "\n".join(lines)
 
 
+def comparison_section(folder: Path, benchmark: dict) -> str | None:
+    """Edge vs reference: accuracy float and int8, parameters, int8 size, latency (one run)."""
+    compared = benchmark.get("compared") or []
+    releases = [(folder, None)] + [(Path(item["folder"]), Path(item["folder"]).name) for item in compared]
+    if len(releases) < 2:
+        return None
+    rows_by_name = {row["artifact"]: row for row in benchmark["rows"]}
+    lines = ["| model | parameters | MACs / image | float test accuracy | int8 TFLite test accuracy "
+             "| int8 TFLite size | int8 TFLite latency p50 | fastest file, p50 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for release, prefix in releases:
+        manifest = load(release / "manifest.json")
+        metrics = load(release / "reports" / "metrics.json")
+        if not manifest or not metrics:
+            return None
+        reference = manifest["reference"]
+        int8 = next(entry for entry in manifest["artifacts"] if entry["file"] == "model_int8.tflite")
+        own = [row for row in benchmark["rows"] if row["format"] != "keras"
+               and (row["artifact"].startswith(f"{prefix}/") if prefix else "/" not in row["artifact"])]
+        fastest = min(own, key=lambda row: row["single"]["p50_ms"])
+        latency = rows_by_name[f"{prefix}/model_int8.tflite" if prefix else "model_int8.tflite"]
+        lines.append(
+            f"| `{reference['architecture']}` ({release.as_posix()}) | {reference['parameters']:,} | "
+            f"{reference['macs_per_image']:,} | {metrics['accuracy']:.2%} | "
+            f"{int8['metrics']['accuracy']:.2%} | {human(int8['bytes'])} | "
+            f"{latency['single']['p50_ms']:.3f} ms | {fastest['artifact'].split('/')[-1]} "
+            f"{fastest['single']['p50_ms']:.3f} ms |")
+    return "\n".join(lines)
+
+
 def run_section(run: dict) -> str:
     minutes = run["wall_seconds"] / 60
     steps = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in run["steps_seconds"].items())
@@ -131,6 +161,9 @@ def main() -> None:
         text = replace(text, "parity", parity_section(folder))
     if benchmark:
         text = replace(text, "benchmark", benchmark_section(benchmark))
+    comparison = comparison_section(folder, benchmark) if benchmark else None
+    if comparison:
+        text = replace(text, "comparison", comparison)
     if benchmark and benchmark.get("sweep"):
         from edgekit import benchmark as benchmark_module
 

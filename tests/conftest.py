@@ -75,5 +75,5 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def exported_copy(exported: Path, tmp_path: Path) -> Path:
     """A private copy of exported/ (without reports) that a test may damage."""
     target = tmp_path / "exported"
-    shutil.copytree(exported, target, ignore=shutil.ignore_patterns("reports", "checkpoints"))
+    shutil.copytree(exported, target, ignore=shutil.ignore_patterns("reports", "checkpoints", "reference"))
     return target

@@ -1,6 +1,7 @@
 """The benchmark's structure and arithmetic (never a speed: this machine is shared)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,10 +42,12 @@ def test_released_benchmark_report(exported):
     assert {entry["file"] for entry in manifest["artifacts"]} <= set(rows)
     assert {"keras model.predict", "keras direct call"} <= set(rows)
     assert report["macs_per_image"] == manifest["reference"]["macs_per_image"] > 0
+    macs_of = {Path(item["folder"]).name: item["macs_per_image"] for item in report.get("compared", [])}
     for name, row in rows.items():
         single = row["single"]
         assert single["p50_ms"] <= single["p90_ms"] <= single["p99_ms"], name
-        expected = (row["batched"]["images_per_second"] * report["macs_per_image"] * 2
+        macs = macs_of[name.split("/")[0]] if "/" in name else report["macs_per_image"]
+        expected = (row["batched"]["images_per_second"] * macs * 2
                     / (report["matmul"]["gflops"] * 1e9))
         assert row["fraction_of_matmul_rate"] == pytest.approx(expected), name
         if name in {entry["file"] for entry in manifest["artifacts"]}:
@@ -63,3 +66,29 @@ def test_benchmark_cli_on_a_copy(exported_copy):
     report = json.loads((exported_copy / "reports" / "benchmark.json").read_text())
     assert len(report["rows"]) == 6
     assert "model_int8.tflite" in result.stdout
+
+
+def test_benchmark_compares_another_release_in_the_same_run(exported_copy, exported):
+    from conftest import run_cli
+
+    result = run_cli("benchmark", str(exported_copy), "--compare", str(exported), "--runs", "10",
+                     "--seconds", "0.1", "--no-keras")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((exported_copy / "reports" / "benchmark.json").read_text())
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert report["compared"] == [{
+        "folder": str(exported), "architecture": manifest["reference"]["architecture"],
+        "parameters": manifest["reference"]["parameters"],
+        "macs_per_image": manifest["reference"]["macs_per_image"]}]
+    names = [row["artifact"] for row in report["rows"]]
+    assert len(names) == 12
+    assert f"{exported.name}/model_int8.tflite" in names and "model_int8.tflite" in names
+
+
+def test_benchmark_compare_with_a_missing_folder_is_an_error_line(exported_copy, tmp_path):
+    from conftest import run_cli
+
+    result = run_cli("benchmark", str(exported_copy), "--compare", str(tmp_path / "nowhere"),
+                     "--runs", "10", "--seconds", "0.1", "--no-keras")
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error:") and "Traceback" not in result.stderr

@@ -95,3 +95,25 @@ def test_version():
 
     declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert declared in result.stdout
+
+
+def test_ctrl_c_is_one_error_line_and_leaves_no_partial_files(exported_copy):
+    import signal
+    import time
+
+    before = sorted(path.name for path in exported_copy.rglob("*"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgekit.cli", "benchmark", str(exported_copy), "--no-keras",
+         "--runs", "100000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    assert process.stdout is not None
+    while "benchmarking" not in process.stdout.readline():  # mid-measurement
+        assert time.monotonic() < deadline
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in stderr
+    assert [line for line in stderr.splitlines() if line.strip()] == [
+        line for line in stderr.splitlines() if line.startswith("Error: interrupted")]
+    # Nothing new, nothing half-written: the report was never started.
+    assert sorted(path.name for path in exported_copy.rglob("*")) == before

@@ -168,27 +168,30 @@ def keras_baselines(model_path: Path, images: np.ndarray,
 
 
 def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
-        echo: Callable[[str], None] = print) -> dict[str, Any]:
+        echo: Callable[[str], None] = print, compare: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Benchmark FOLDER's release; ``compare`` adds other releases' artifacts to the same run.
+
+    Compared rows are named ``<folder name>/<file>`` and carry their own MACs, so a second
+    architecture is measured in the same process, minutes apart at most, on the same machine.
+    """
     folder = Path(folder)
     manifest = manifest_module.load(folder)
+    others = [(Path(other), manifest_module.load(Path(other))) for other in compare]
     images = bench_images(folder, manifest, data_dir)
     echo(f"measuring the float32 matmul rate ({config.matmul_size}x{config.matmul_size})")
     peak = matmul_rate(config.matmul_size)
     reference = manifest.get("reference") or {}
     macs = int(reference.get("macs_per_image") or 0)
-    rows: list[dict[str, Any]] = []
-    for entry in manifest["artifacts"]:
-        echo(f"benchmarking {entry['file']}")
-        measured = measure_artifact(manifest_module.safe_file(folder, entry["file"]), images, config)
-        rows.append(row(entry["file"], entry["format"], entry["precision"],
-                        entry.get("runtime", entry["format"]), entry["bytes"],
-                        (entry.get("metrics") or {}).get("accuracy"), measured, macs, peak))
+    rows = release_rows(folder, manifest, images, config, peak, echo)
     if config.keras and reference.get("file"):
         echo("benchmarking the Keras baselines")
         baselines = keras_baselines(folder / reference["file"], images, config)
         for name, measured in (baselines or {}).items():
             rows.append(row(name, "keras", "fp32", "tensorflow", reference.get("bytes", 0),
-                            reference.get("test_accuracy"), measured, macs, peak))
+                            reference.get("test_accuracy"), measured, macs, peak,
+                            model=reference.get("architecture")))
+    for other, other_manifest in others:
+        rows += release_rows(other, other_manifest, images, config, peak, echo, prefix=other.name)
     echo("timing `edgekit predict` on one image from a cold start")
     cold_start = predict_cold_start(folder, images[0])
     sweep_rows = sweep(folder, manifest, images, config, echo) if config.sweep else None
@@ -201,6 +204,7 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
         "config": dataclasses.asdict(config),
         "matmul": peak,
         "macs_per_image": macs,
+        "compared": [compared_release(other, other_manifest) for other, other_manifest in others],
         "rows": rows,
     }
     reports = fileio.ensure_dir(folder / "reports")
@@ -209,12 +213,37 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
     return result
 
 
+def compared_release(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    reference = manifest.get("reference") or {}
+    return {"folder": str(folder), "architecture": reference.get("architecture"),
+            "parameters": reference.get("parameters"),
+            "macs_per_image": int(reference.get("macs_per_image") or 0)}
+
+
+def release_rows(folder: Path, manifest: dict[str, Any], images: np.ndarray,
+                 config: BenchmarkConfig, peak: dict[str, float], echo: Callable[[str], None],
+                 prefix: str | None = None) -> list[dict[str, Any]]:
+    """One measured row per artifact of one release folder."""
+    reference = manifest.get("reference") or {}
+    macs = int(reference.get("macs_per_image") or 0)
+    rows = []
+    for entry in manifest["artifacts"]:
+        name = f"{prefix}/{entry['file']}" if prefix else entry["file"]
+        echo(f"benchmarking {name}")
+        measured = measure_artifact(manifest_module.safe_file(folder, entry["file"]), images, config)
+        rows.append(row(name, entry["format"], entry["precision"],
+                        entry.get("runtime", entry["format"]), entry["bytes"],
+                        (entry.get("metrics") or {}).get("accuracy"), measured, macs, peak,
+                        model=reference.get("architecture")))
+    return rows
+
+
 def row(name: str, export_format: str, precision: str, runtime_name: str, size: int,
         accuracy: float | None, measured: dict[str, Any], macs: int,
-        peak: dict[str, float]) -> dict[str, Any]:
+        peak: dict[str, float], model: str | None = None) -> dict[str, Any]:
     throughput = measured["batched"]["images_per_second"]
     return {
-        "artifact": name, "format": export_format, "precision": precision,
+        "artifact": name, "model": model, "format": export_format, "precision": precision,
         "runtime": runtime_name, "bytes": size, "accuracy": accuracy,
         **measured,
         "fraction_of_matmul_rate": fraction_of_peak(throughput, macs, peak["gflops"]) if macs else None,
@@ -354,7 +383,7 @@ def machine() -> dict[str, Any]:
 
 
 def table(result: dict[str, Any]) -> list[str]:
-    lines = [f"| {'artifact':<22} | {'size':>9} | {'accuracy':>8} | {'load ms':>7} | {'p50 ms':>7} | "
+    lines = [f"| {'artifact':<30} | {'size':>9} | {'accuracy':>8} | {'load ms':>7} | {'p50 ms':>7} | "
              f"{'p90 ms':>7} | {'p99 ms':>7} | {'batch img/s':>11} | {'% matmul':>8} | {'peak MB':>7} |"]
     lines.append("|" + "|".join("-" * (len(cell)) for cell in lines[0].split("|")[1:-1]) + "|")
     for item in result["rows"]:
@@ -363,7 +392,7 @@ def table(result: dict[str, Any]) -> list[str]:
         fraction = item.get("fraction_of_matmul_rate")
         peak = item.get("peak_rss_mb")
         lines.append(
-            f"| {item['artifact']:<22} | {fileio.human_size(item['bytes']):>9} | {accuracy:>8} | "
+            f"| {item['artifact']:<30} | {fileio.human_size(item['bytes']):>9} | {accuracy:>8} | "
             f"{load:>7} | {item['single']['p50_ms']:>7.3f} | {item['single']['p90_ms']:>7.3f} | "
             f"{item['single']['p99_ms']:>7.3f} | {item['batched']['images_per_second']:>11,.0f} | "
             f"{(f'{fraction:.1%}' if fraction is not None else '—'):>8} | "

@@ -46,7 +46,7 @@ def friendly_errors(command: F) -> F:
                 "pip install 'edgekit[train]'"
             ) from None
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted; files already written are complete.") from None
+            raise click.exceptions.Abort() from None  # run() prints the one line, exit 130
 
     return wrapper  # type: ignore[return-value]
 
@@ -352,11 +352,14 @@ def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | Non
 @click.option("--training", is_flag=True,
               help="Also measure the training input pipeline with and without augmentation "
                    "(needs the train extra and the dataset).")
+@click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path),
+              help="Another release folder (e.g. exported/reference) whose artifacts are "
+                   "measured in the same run; repeatable.")
 @data_dir_option
 @friendly_errors
 def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: int,
               batched_seconds: float, no_keras: bool, sweep: bool, training: bool,
-              data_dir: Path | None) -> None:
+              compare: tuple[Path, ...], data_dir: Path | None) -> None:
     """Latency, throughput, load time, memory and size of every artifact, in one run."""
     from edgekit import benchmark as benchmark_module
 
@@ -365,7 +368,7 @@ def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: i
         single_runs=single_runs, batched_seconds=batched_seconds, keras=not no_keras,
         training=training, sweep=sweep)
     result = benchmark_module.run(folder, config, data_dir=str(data_dir) if data_dir else None,
-                                  echo=click.echo)
+                                  echo=click.echo, compare=compare)
     click.echo("")
     click.echo(f"float32 matmul rate: {result['matmul']['gflops']:.1f} GFLOP/s; model: "
                f"{result['macs_per_image']:,} MACs per image")
@@ -397,8 +400,10 @@ def run() -> None:
         error.show()
         sys.exit(1)
     except click.exceptions.Abort:
-        click.echo("Error: aborted.", err=True)
-        sys.exit(1)
+        # Ctrl-C: every file is written to a temporary name first, so nothing is half-written.
+        click.echo("Error: interrupted. Files already written are complete; an interrupted "
+                   "`edgekit train` continues with `--resume` and the same --output-dir.", err=True)
+        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -39,7 +39,7 @@ class TrainConfig:
     dropout_rate: float = 0.4
     conv_filters: tuple[int, int] = (32, 64)
     dense_units: int = 256
-    edge_widths: tuple[int, int, int] = (16, 32, 64)
+    edge_widths: tuple[int, int, int] = (24, 48, 96)
     # Augmentation strengths (Keras preprocessing-layer units).
     rotation_factor: float = 0.01  # fraction of a full turn: about +/-3.6 degrees
     zoom_factor: float = 0.04
@@ -121,11 +121,13 @@ class ExportConfig:
 
 RECIPES: dict[Architecture, dict[str, Any]] = {
     Architecture.REFERENCE: {},
-    # Batch norm makes stronger augmentation, label smoothing and a cosine schedule pay off.
+    # Batch norm + AdamW + warm-up and cosine decay + label smoothing; light augmentation
+    # (flip, 2-pixel shift, random erasing): Fashion-MNIST is centred and size-normalised,
+    # and with rotation and 8% zoom a 25-epoch run still under-fitted (train 92.2%).
     Architecture.EDGE: {
-        "epochs": 50, "learning_rate": 3e-3, "patience": 50, "dropout_rate": 0.1,
-        "optimizer": "adamw", "weight_decay": 0.01, "schedule": "cosine", "warmup_epochs": 2,
-        "label_smoothing": 0.1, "erasing_factor": 0.3, "rotation_factor": 0.02,
-        "zoom_factor": 0.08, "shift_factor": 0.08,
+        "epochs": 36, "learning_rate": 3e-3, "patience": 36, "dropout_rate": 0.15,
+        "optimizer": "adamw", "weight_decay": 5e-3, "schedule": "cosine", "warmup_epochs": 2,
+        "label_smoothing": 0.1, "erasing_factor": 0.25, "rotation_factor": 0.0,
+        "zoom_factor": 0.0, "shift_factor": 0.07,
     },
 }
