@@ -25,6 +25,7 @@ def test_fraction_of_matmul_rate():
 def test_matmul_rate_is_positive():
     result = benchmark.matmul_rate(128, repeats=2)
     assert result["gflops"] > 0 and result["size"] == 128
+    assert result["gflops"] >= result["gflops_median"] > 0
 
 
 def test_time_batched_counts_images():
@@ -33,6 +34,8 @@ def test_time_batched_counts_images():
                                     benchmark.BenchmarkConfig(batch_size=10, batched_seconds=0.01))
     assert result["images"] == 10 * (len(calls) - 1)  # the first call is the warm-up
     assert result["images_per_second"] == pytest.approx(result["images"] / result["seconds"])
+    assert result["calls"] == len(calls) - 1
+    assert result["best_images_per_second"] >= result["median_images_per_second"] > 0
 
 
 def test_released_benchmark_report(exported):
@@ -50,6 +53,10 @@ def test_released_benchmark_report(exported):
         expected = (row["batched"]["images_per_second"] * macs * 2
                     / (report["matmul"]["gflops"] * 1e9))
         assert row["fraction_of_matmul_rate"] == pytest.approx(expected), name
+        batched = row["batched"]
+        assert batched["best_images_per_second"] >= batched["median_images_per_second"] > 0, name
+        assert row["best_fraction_of_matmul_rate"] == pytest.approx(
+            expected * batched["best_images_per_second"] / batched["images_per_second"]), name
         if name in {entry["file"] for entry in manifest["artifacts"]}:
             entry = next(e for e in manifest["artifacts"] if e["file"] == name)
             assert row["bytes"] == entry["bytes"]
