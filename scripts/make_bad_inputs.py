@@ -149,7 +149,10 @@ def broken_models(folder: Path) -> None:
     linear("unknown-operator", 28, 10, op="FooBar")
     linear("opset-99", 28, 10, opset=99)
     (folder / "no-extension").write_bytes(tflite_bytes)
-    (folder / "gzipped.onnx").write_bytes(gzip.compress(onnx_bytes[:20_000]))
+    flipped = bytearray(tflite_bytes)
+    flipped[1000::997] = bytes(value ^ 0x5A for value in flipped[1000::997])
+    (folder / "bit-flipped.tflite").write_bytes(bytes(flipped))
+    (folder / "gzipped.onnx").write_bytes(gzip.compress(onnx_bytes[:20_000], mtime=0))
     keras_models(folder)
 
 
@@ -157,6 +160,8 @@ def keras_models(folder: Path) -> None:
     """Valid TFLite models that break the contract (needs TensorFlow, as export does)."""
     import keras
     import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
 
     def tflite(name: str, side: int, classes: int) -> None:
         inputs = keras.Input((side, side, 1))

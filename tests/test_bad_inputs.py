@@ -31,9 +31,12 @@ def test_broken_image(exported, path):
     assert_clean_error(result, path.name)
 
 
-@pytest.mark.parametrize("kind", ["missing", "folder"])
+@pytest.mark.parametrize("kind", ["missing", "folder", "dangling-link"])
 def test_missing_or_folder_image(exported, tmp_path, kind):
     target = tmp_path / "absent.png" if kind == "missing" else tmp_path
+    if kind == "dangling-link":
+        target = tmp_path / "link.png"
+        target.symlink_to(tmp_path / "gone.png")
     result = run_cli("predict", str(target), "--model", str(exported / "model_int8.tflite"))
     assert_clean_error(result)
 

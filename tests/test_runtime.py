@@ -54,6 +54,11 @@ def test_quantize_round_trip():
     assert quantized.dtype == np.int8
     assert quantized.min() == -128 and quantized.max() == 127
     assert np.array_equal(runtime.dequantize(quantized, info), pixels.astype(np.float32))
+    # The bit-flip fast path equals the general arithmetic.
+    general = np.clip(np.rint(pixels.astype(np.float32)) - 128, -128, 127).astype(np.int8)
+    assert np.array_equal(quantized, general)
+    identity = runtime.TensorInfo("x", "uint8", [None, 28, 28, 1], scale=1.0, zero_point=0)
+    assert np.array_equal(runtime.quantize(pixels, identity), pixels)
     coarse = runtime.TensorInfo("x", "uint8", [None, 28, 28, 1], scale=2.0, zero_point=10)
     assert runtime.quantize(np.array([0.0, 4.0, 1000.0]), coarse).tolist() == [10, 12, 255]
 

@@ -77,6 +77,13 @@ def quantize(values: np.ndarray, info: TensorInfo) -> np.ndarray:
     dtype = np.dtype(info.dtype)
     if info.scale is None or not info.scale:
         raise errors.ModelError(f"input tensor {info.name} is {info.dtype} without quantization scale")
+    if values.dtype == np.uint8 and info.scale == 1.0:
+        # edgekit's own int8 contract (scale 1, zero point -128, or uint8 with 0) maps 0..255
+        # exactly: a bit flip instead of float arithmetic on the latency path.
+        if dtype == np.int8 and info.zero_point == -128:
+            return (values ^ np.uint8(0x80)).view(np.int8)
+        if dtype == np.uint8 and not info.zero_point:
+            return values
     limits = np.iinfo(dtype)
     quantized = np.rint(values.astype(np.float32) / info.scale) + (info.zero_point or 0)
     return np.clip(quantized, limits.min, limits.max).astype(dtype)
@@ -104,9 +111,12 @@ class LoadedModel:
         images = check_pixels(pixels)
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        outputs = [self._run(images[start:start + batch_size])
-                   for start in range(0, len(images), batch_size)]
-        probabilities = np.concatenate(outputs).astype(np.float32, copy=False)
+        if len(images) <= batch_size:  # the single-image path: no copies
+            probabilities = self._run(images).astype(np.float32, copy=False)
+        else:
+            outputs = [self._run(images[start:start + batch_size])
+                       for start in range(0, len(images), batch_size)]
+            probabilities = np.concatenate(outputs).astype(np.float32, copy=False)
         if not np.all(np.isfinite(probabilities)):
             raise errors.ModelError(
                 f"{self.path.name} produced NaN or infinite outputs: its weights are broken. "
