@@ -63,7 +63,8 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not has_module("tensorflow"):
         pytest.skip("needs the train extra (TensorFlow)")
     folder = tmp_path_factory.mktemp("tiny")
-    trained = run_cli("train", "--limit", "3000", "--epochs", "1", "--output-dir", str(folder))
+    trained = run_cli("train", "--arch", "reference", "--limit", "3000", "--epochs", "1",
+                      "--output-dir", str(folder))
     assert trained.returncode == 0, trained.stderr[-2000:]
     exported = run_cli("export", "--model", str(folder / "model.keras"), "--format", "all",
                        "--calibration-size", "200")

@@ -73,6 +73,27 @@ def test_verify_tiny_model(tiny_pipeline):
         assert entry["metrics"]["images"] == 10_000
 
 
+def test_edge_trains_exports_and_passes_parity(tmp_path):
+    """The edge architecture end to end on a slice: one epoch, int8 TFLite + ONNX, parity."""
+    trained = run_cli("train", "--arch", "edge", "--limit", "3000", "--epochs", "1",
+                      "--output-dir", str(tmp_path))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    record = json.loads((tmp_path / "train_config.json").read_text())
+    assert record["config"]["architecture"] == "edge"
+    exported = run_cli("export", "--model", str(tmp_path / "model.keras"), "--format", "all",
+                       "--quantize", "int8", "--calibration-size", "200")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert sorted(entry["file"] for entry in manifest["artifacts"]) == [
+        "model_int8.onnx", "model_int8.tflite"]
+    assert manifest["reference"]["architecture"] == "edge"
+    assert (tmp_path / "model_int8.tflite").stat().st_size <= 200 * 1024
+    # Same relaxed int8 bars as the reference's one-epoch model (unsure outputs flip more).
+    result = run_cli("verify", str(tmp_path), "--bar", "int8.agreement=95",
+                     "--bar", "int8.accuracy_drop=1.5")
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+
+
 def test_resume_after_sigkill(tmp_path):
     """Kill a run mid-training, resume it, and get the run the options asked for."""
     import signal
