@@ -82,7 +82,9 @@ def benchmark_section(benchmark: dict) -> str:
              f"GFLOP/s; model {benchmark['macs_per_image']:,} MACs per image; batch "
              f"{benchmark['config']['batch_size']}; latency in ms, throughput in images/s, "
              "% of the matmul rate = throughput × MACs × 2 / rate. The rate is the best of 10 "
-             "1024×1024 products; `batch img/s` and `% matmul` use the mean over the timed "
+             f"{benchmark['matmul']['size']}×{benchmark['matmul']['size']} products (numpy's "
+             "BLAS, all threads); `× predict` is Keras `model.predict`'s single-image p50 over "
+             "the row's; `batch img/s` and `% matmul` use the mean over the timed "
              "seconds, `best img/s` and `best %` the best single batch (the same estimator as "
              "the rate: on this shared machine other tenants' load drags a mean, not a best-of).",
              ""]

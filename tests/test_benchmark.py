@@ -28,6 +28,13 @@ def test_matmul_rate_is_positive():
     assert result["gflops"] >= result["gflops_median"] > 0
 
 
+def test_speedup_over_predict_is_a_ratio_of_p50s():
+    rows = [{"artifact": "keras model.predict", "single": {"p50_ms": 80.0}},
+            {"artifact": "model_int8.tflite", "single": {"p50_ms": 0.16}}]
+    assert benchmark.speedup_over_predict({"rows": rows}, rows[1]) == pytest.approx(500.0)
+    assert benchmark.speedup_over_predict({"rows": rows[1:]}, rows[1]) is None
+
+
 def test_time_batched_counts_images():
     calls = []
     result = benchmark.time_batched(lambda batch: calls.append(len(batch)), np.zeros((100, 28, 28, 1)),

@@ -55,6 +55,7 @@ def test_export_writes_six_artifacts_and_manifest(tiny_pipeline):
     # The NCHW->NHWC transpose before Flatten is folded into the dense weights.
     ops = [node.op_type for node in onnx.load(tiny_pipeline / "model_fp32.onnx").graph.node]
     assert "Transpose" not in ops and "Shape" not in ops
+    assert "Mul" not in ops  # the input Rescaling is folded into the first Conv
     assert sorted(entry["file"] for entry in manifest["artifacts"]) == sorted(ARTIFACTS)
     for entry in manifest["artifacts"]:
         assert (tiny_pipeline / entry["file"]).stat().st_size == entry["bytes"]

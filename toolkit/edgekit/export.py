@@ -203,7 +203,71 @@ def to_onnx(model: Any, opset: int) -> Any:
     except Exception as error:
         raise errors.ExportError(f"ONNX conversion failed: {str(error).splitlines()[0][:300]}") from error
     fold_flatten_transpose(proto)
+    fold_input_scale(proto)
     return proto
+
+
+LAYOUT_OPS = ("Reshape", "Transpose")
+
+
+def fold_input_scale(proto: Any) -> bool:
+    """Fold the model's input Rescaling (Mul by a constant, Add of zero) into the first Conv.
+
+    A convolution is linear, so conv(x * s) = conv with weights * s; zero padding stays zero.
+    Only layout ops (Reshape/Transpose) may sit between, and the Add must add exactly 0
+    (a non-zero offset would not commute with the zero padding). One elementwise pass over
+    every input less, and in the int8 model no quantised Mul: the input's calibrated range
+    becomes 0..255 itself. Returns False, changing nothing, when the pattern is absent.
+    """
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    nodes = list(graph.node)
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in nodes:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def constant(name: str) -> np.ndarray | None:
+        return numpy_helper.to_array(initializers[name]) if name in initializers else None
+
+    def only_consumer(name: str) -> Any | None:
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 else None
+
+    source = graph.input[0].name
+    mul = only_consumer(source)
+    if mul is None or mul.op_type != "Mul" or mul.input[0] != source:
+        return False
+    scale = constant(mul.input[1])
+    if scale is None or scale.size != 1:
+        return False
+    removed, current = [mul], only_consumer(mul.output[0])
+    if current is not None and current.op_type == "Add":
+        offset = constant(current.input[1])
+        if offset is None or np.any(offset != 0):
+            return False
+        removed.append(current)
+        current = only_consumer(current.output[0])
+    layout = []
+    while current is not None and current.op_type in LAYOUT_OPS:
+        layout.append(current)
+        current = only_consumer(current.output[0])
+    if current is None or current.op_type != "Conv" or current.input[1] not in initializers:
+        return False
+    weights = initializers[current.input[1]]
+    weights.CopyFrom(numpy_helper.from_array(
+        (numpy_helper.to_array(weights) * scale.reshape(())).astype(np.float32), weights.name))
+    first = layout[0] if layout else current
+    first.input[0] = source
+    del graph.node[:]
+    graph.node.extend(node for node in nodes if all(node is not gone for gone in removed))
+    used = {name for node in graph.node for name in node.input}
+    kept = [tensor for tensor in graph.initializer if tensor.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return True
 
 
 def fold_flatten_transpose(proto: Any) -> bool:
