@@ -51,3 +51,44 @@ def test_verify_golden_on_the_device(device_env, tmp_path):
                              str(ROOT / "exported"), "--golden"],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_bad_input_corpus_on_the_device(device_env, exported_copy, tmp_path):
+    """Issue 7's bar on a TensorFlow-free install: every broken input is one Error: line and
+    exit 1, every odd image is labelled, nothing prints a traceback or hangs."""
+    import json
+    import shutil
+
+    data = ROOT / "tests" / "data"
+    edgekit = str(device_env / "bin" / "edgekit")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([edgekit, *args], capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path, env=env)
+
+    def assert_one_error_line(result: subprocess.CompletedProcess[str], what: str) -> None:
+        assert result.returncode == 1, (what, result.stdout, result.stderr)
+        assert "Traceback" not in result.stdout + result.stderr, what
+        assert [line for line in result.stderr.splitlines() if line.startswith("Error:")], what
+
+    model = str(exported_copy / "model_int8.tflite")
+    for image in sorted((data / "bad" / "images").iterdir()):
+        assert_one_error_line(run("predict", str(image), "--model", model), image.name)
+    odd = sorted((data / "odd").iterdir())
+    labelled = run("predict", "--json", "--model", model, *map(str, odd))
+    assert labelled.returncode == 0, labelled.stderr
+    assert len(json.loads(labelled.stdout)["results"]) == len(odd)
+    models = tmp_path / "models"
+    models.mkdir()
+    for broken in sorted((data / "bad" / "models").iterdir()):
+        shutil.copy(broken, models / broken.name)
+        assert_one_error_line(run("predict", str(odd[0]), "--model", str(models / broken.name)),
+                              broken.name)
+    # A tampered export: a changed byte is caught by the manifest's sha256.
+    tampered = exported_copy / "model_fp32.onnx"
+    payload = bytearray(tampered.read_bytes())
+    payload[-1] ^= 0xFF
+    tampered.write_bytes(bytes(payload))
+    assert_one_error_line(run("predict", str(odd[0]), "--model", str(tampered)), "sha256")
+    assert_one_error_line(run("verify", str(exported_copy), "--golden"), "verify")
