@@ -43,7 +43,12 @@ def test_edge_parameter_budget():
     assert model.count_params() < 180_000
     assert models.count_macs(model) < 15_000_000
     names = [type(layer).__name__ for layer in model.layers]
-    assert "BatchNormalization" in names and "GlobalAveragePooling2D" in names
+    assert "BatchNormalization" in names and "Flatten" in names  # the positional head
+    # Every width and head choice of `edgekit tune` stays within the 200 KB budget too.
+    for widths, units in (((16, 32, 32), 64), ((24, 48, 48), 96), ((32, 64, 64), 96)):
+        small = models.build(TrainConfig.for_architecture("edge", edge_widths=widths,
+                                                          dense_units=units))
+        assert small.count_params() < 180_000
     assert "Add" in names  # residual connections
 
 

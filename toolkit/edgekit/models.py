@@ -46,28 +46,37 @@ def _residual(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
     return keras.layers.Add(name=f"{name}_add")([x, _conv_bn(x, int(x.shape[-1]), name)])
 
 
+EDGE_SQUEEZE = 16  # channels kept at 7x7 before the positional head
+
+
 def build_edge(config: TrainConfig) -> keras.Model:
     """A compact network for int8 devices.
 
-    A 5x5 stride-2 stem straight to 14x14 (a 1-channel 3x3 conv at 28x28 is a poor GEMM and
-    cost more latency than it paid in accuracy), a 3x3 conv at 14x14, max-pool, then at 7x7
-    a conv and a residual conv (parameters are cheapest in multiply-accumulates there), a 1x1
-    widening conv, global average pooling and a softmax head. Batch norm follows every conv
-    and is folded into it by both converters.
-    Plain convs, not depthwise-separable ones: on this 2-core CPU a depthwise net of the same
-    MACs trained about 5x slower per step (TensorFlow's CPU depthwise gradients), which would
-    not fit the training budget. Widths come from ``config.edge_widths`` (stem, 14x14, 7x7).
+    A 3x3 conv at 28x28, max-pool, a 3x3 conv at 14x14, max-pool, then at 7x7 a conv and a
+    residual conv; a 1x1 conv squeezes to 16 channels and a small dense layer reads the
+    flattened 7x7x16 map. That head keeps *where* a feature is (collar, sleeve, heel), which
+    global average pooling throws away: on the validation split it beat a GAP head of the
+    same budget (94.15% vs 93.72% after 36-38 epochs). Batch norm follows every conv and the
+    dense layer and is folded into them by both converters. Plain convs, not depthwise-
+    separable ones: on this 2-core CPU a depthwise net of the same MACs trained about 5x
+    slower per step (TensorFlow's CPU depthwise gradients), which would not fit the
+    training budget. Widths come from ``config.edge_widths`` (28x28, 14x14, 7x7 stages) and
+    the head from ``config.dense_units``.
     """
     stem, middle, last = config.edge_widths
     inputs = keras.Input(shape=INPUT_SHAPE, dtype="float32", name="pixels")
     x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
-    x = _conv_bn(x, stem, "stem", strides=2, kernel=5)
+    x = _conv_bn(x, stem, "stem")
+    x = keras.layers.MaxPooling2D(2, name="pool28")(x)
     x = _conv_bn(x, middle, "conv14")
     x = keras.layers.MaxPooling2D(2, name="pool14")(x)
     x = _conv_bn(x, last, "conv7")
     x = _residual(x, "block7")
-    x = _conv_bn(x, 2 * last, "widen", kernel=1)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = _conv_bn(x, EDGE_SQUEEZE, "squeeze", kernel=1)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(config.dense_units, use_bias=False, name="dense")(x)
+    x = keras.layers.BatchNormalization(name="dense_bn")(x)
+    x = keras.layers.ReLU(name="dense_relu")(x)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
     outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"edgekit_{config.architecture.value}")
