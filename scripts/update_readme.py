@@ -145,10 +145,11 @@ def run_section(run: dict) -> str:
 
 
 def replace(text: str, name: str, body: str) -> str:
-    pattern = re.compile(rf"(<!-- BEGIN:{name} -->\n).*?(\n<!-- END:{name} -->)", re.S)
+    # The section may be empty (markers on consecutive lines) until first filled.
+    pattern = re.compile(rf"(<!-- BEGIN:{name} -->\n)(?:.*?\n)?(<!-- END:{name} -->)", re.S)
     if not pattern.search(text):
         raise SystemExit(f"README has no {name} markers")
-    return pattern.sub(lambda match: match.group(1) + body + match.group(2), text)
+    return pattern.sub(lambda match: match.group(1) + body + "\n" + match.group(2), text)
 
 
 def main() -> None:

@@ -253,7 +253,7 @@ def row(name: str, export_format: str, precision: str, runtime_name: str, size: 
         accuracy: float | None, measured: dict[str, Any], macs: int,
         peak: dict[str, float], model: str | None = None) -> dict[str, Any]:
     throughput = measured["batched"]["images_per_second"]
-    best = measured["batched"].get("best_images_per_second", throughput)
+    best = measured["batched"]["best_images_per_second"]
     return {
         "artifact": name, "model": model, "format": export_format, "precision": precision,
         "runtime": runtime_name, "bytes": size, "accuracy": accuracy,

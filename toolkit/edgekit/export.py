@@ -263,10 +263,7 @@ def fold_input_scale(proto: Any) -> bool:
     first.input[0] = source
     del graph.node[:]
     graph.node.extend(node for node in nodes if all(node is not gone for gone in removed))
-    used = {name for node in graph.node for name in node.input}
-    kept = [tensor for tensor in graph.initializer if tensor.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _drop_unused_initializers(graph)
     return True
 
 
@@ -323,11 +320,15 @@ def fold_flatten_transpose(proto: Any) -> bool:
                                name="edgekit_flatten")
     del graph.node[:]
     graph.node.extend(nodes[:start] + [flatten] + nodes[reshape_index + 1:])
+    _drop_unused_initializers(graph)
+    return True
+
+
+def _drop_unused_initializers(graph: Any) -> None:
     used = {name for node in graph.node for name in node.input}
     kept = [tensor for tensor in graph.initializer if tensor.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    return True
 
 
 def add_onnx_metadata(proto: Any, precision: str) -> Any:

@@ -111,12 +111,11 @@ class LoadedModel:
         images = check_pixels(pixels)
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        if len(images) <= batch_size:  # the single-image path: no copies
-            probabilities = self._run(images).astype(np.float32, copy=False)
-        else:
-            outputs = [self._run(images[start:start + batch_size])
-                       for start in range(0, len(images), batch_size)]
-            probabilities = np.concatenate(outputs).astype(np.float32, copy=False)
+        outputs = [self._run(images[start:start + batch_size])
+                   for start in range(0, len(images), batch_size)]
+        # One batch (the single-image path) is returned as is, without concatenate's copy.
+        joined = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
+        probabilities = joined.astype(np.float32, copy=False)
         if not np.all(np.isfinite(probabilities)):
             raise errors.ModelError(
                 f"{self.path.name} produced NaN or infinite outputs: its weights are broken. "
@@ -130,12 +129,7 @@ class LoadedModel:
             return images.astype(self.input.dtype)
         return quantize(images, self.input)
 
-    def _check_contract(self, inputs: int = 1, outputs: int = 1) -> None:
-        if inputs != 1 or outputs != 1:
-            raise errors.ModelError(
-                f"{self.path.name} has {inputs} input(s) and {outputs} output(s), not one image "
-                "input and one probability output: it is not a model for this input contract."
-            )
+    def _check_contract(self) -> None:
         for role, tensor in (("input", self.input), ("output", self.output)):
             quantized = tensor.dtype in ("uint8", "int8") and bool(tensor.scale)
             if tensor.dtype not in ("float32", "float16") and not quantized:
@@ -185,14 +179,13 @@ class OnnxRuntimeModel(LoadedModel):
                 "not an ONNX model; re-export it with `edgekit export`."
             ) from error
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if not inputs or not outputs:
-            raise errors.ModelError(f"{path.name} has no inputs or no outputs; re-export it.")
+        _check_tensor_counts(path, len(inputs), len(outputs))
         model_input, model_output = inputs[0], outputs[0]
         self.input = TensorInfo(model_input.name, _onnx_dtype(model_input.type),
                                 [_dimension(d) for d in model_input.shape])
         self.output = TensorInfo(model_output.name, _onnx_dtype(model_output.type),
                                  [_dimension(d) for d in model_output.shape])
-        self._check_contract(len(inputs), len(outputs))
+        self._check_contract()
         metadata = self.session.get_modelmeta().custom_metadata_map
         if "labels" in metadata:
             self.labels = tuple(json.loads(metadata["labels"]))
@@ -200,6 +193,14 @@ class OnnxRuntimeModel(LoadedModel):
     def _run(self, images: np.ndarray) -> np.ndarray:
         (result,) = self.session.run([self.output.name], {self.input.name: self._prepare(images)})
         return dequantize(np.asarray(result), self.output)
+
+
+def _check_tensor_counts(path: Path, inputs: int, outputs: int) -> None:
+    if inputs != 1 or outputs != 1:
+        raise errors.ModelError(
+            f"{path.name} has {inputs} input(s) and {outputs} output(s), not one image input "
+            "and one probability output: it is not a model for this input contract."
+        )
 
 
 XNNPACK_MODES = ("default", "latest", "off")
@@ -231,14 +232,13 @@ class LiteRTModel(LoadedModel):
             ) from error
         input_details = self.interpreter.get_input_details()
         output_details = self.interpreter.get_output_details()
-        if not input_details or not output_details:
-            raise errors.ModelError(f"{path.name} has no inputs or no outputs; re-export it.")
+        _check_tensor_counts(path, len(input_details), len(output_details))
         input_detail, output_detail = input_details[0], output_details[0]
         self._input_index = input_detail["index"]
         self._output_index = output_detail["index"]
         self.input = _litert_tensor(input_detail)
         self.output = _litert_tensor(output_detail)
-        self._check_contract(len(input_details), len(output_details))
+        self._check_contract()
         self._batch = int(input_detail["shape"][0])
         metadata = _tflite_metadata(path)
         if metadata and "labels" in metadata:
