@@ -2,6 +2,8 @@
 # README command 1: set up, then train -> evaluate -> export -> verify -> benchmark,
 # regenerating everything in exported/. Fails if any step fails, parity included.
 # Extra arguments go to `edgekit train` (e.g. scripts/main.sh --epochs 5).
+# EDGEKIT_FROM_RUN=DIR releases a model that `edgekit train --output-dir DIR` already trained
+# (its model, training record and history are copied; every later step runs as usual).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -21,7 +23,22 @@ step() {  # step NAME COMMAND...: run it, print a header, record its wall time
 EDGEKIT="$VENV/bin/edgekit"
 step setup     "$ROOT/scripts/setup.sh"
 step data      "$EDGEKIT" data
-step train     "$EDGEKIT" train --output-dir "$OUT" "$@"
+adopt_run() {  # adopt_run DIR: take a finished `edgekit train` run instead of training again
+    local run="$1" file
+    for file in model.keras train_config.json history.json; do
+        [ -f "$run/$file" ] || { echo "Error: $run/$file is missing; is $run a finished edgekit train run?" >&2; exit 1; }
+    done
+    for file in model.keras train_config.json history.json; do
+        cp "$run/$file" "$OUT/$file.tmp" && mv "$OUT/$file.tmp" "$OUT/$file"
+    done
+    echo "Adopted the run in $run (trained in $("$VENV/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["train_seconds"])' "$run/train_config.json") s)"
+}
+if [ -n "${EDGEKIT_FROM_RUN:-}" ]; then
+    mkdir -p "$OUT/reports"
+    step train adopt_run "$EDGEKIT_FROM_RUN"
+else
+    step train "$EDGEKIT" train --output-dir "$OUT" "$@"
+fi
 step evaluate  "$EDGEKIT" evaluate --model "$OUT/model.keras" --output-dir "$OUT/reports"
 step export    "$EDGEKIT" export --model "$OUT/model.keras" --format all --output-dir "$OUT"
 step verify    "$EDGEKIT" verify "$OUT"
@@ -37,6 +54,10 @@ steps = {name: round(float(seconds), 1) for name, seconds in
 record = {"command": "scripts/main.sh", "steps_seconds": steps,
           "wall_seconds": round(sum(steps.values()), 1), "cpus": os.cpu_count(),
           "machine": platform.machine(), "python": platform.python_version()}
+if os.environ.get("EDGEKIT_FROM_RUN"):  # the train step only copied a finished run
+    with open(os.path.join(folder, "train_config.json")) as stream:
+        record["adopted_run"] = {"folder": os.environ["EDGEKIT_FROM_RUN"],
+                                 "train_seconds": json.load(stream)["train_seconds"]}
 path = os.path.join(folder, "reports", "main_run.json")
 with open(path + ".tmp", "w") as stream:
     json.dump(record, stream, indent=2)

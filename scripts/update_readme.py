@@ -133,6 +133,13 @@ def comparison_section(folder: Path, benchmark: dict) -> str | None:
             f"{int8['metrics']['accuracy']:.2%} | {human(int8['bytes'])} | "
             f"{latency['single']['p50_ms']:.3f} ms | {fastest['artifact'].split('/')[-1]} "
             f"{fastest['single']['p50_ms']:.3f} ms |")
+    from edgekit import benchmark as benchmark_module
+
+    paired = benchmark_module.paired_table(benchmark)
+    if paired:
+        lines += ["", "Single-image latency with the two releases' same-named files timed call by "
+                  "call in turn (the fairest comparison on a shared machine; same run):", ""]
+        lines += paired
     return "\n".join(lines)
 
 
@@ -141,7 +148,17 @@ def run_section(run: dict) -> str:
     steps = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in run["steps_seconds"].items())
     return (f"Last full run of `scripts/main.sh` on this {run['cpus']}-CPU machine ({run['machine']}, "
             f"Python {run['python']}): **{run['wall_seconds']:.0f} s ({minutes:.1f} min) wall** — "
-            f"{steps} (recorded in `exported/reports/main_run.json`).")
+            f"{steps} (recorded in `exported/reports/main_run.json`)."
+            + adopted_note(run))
+
+
+def adopted_note(run: dict) -> str:
+    adopted = run.get("adopted_run")
+    if not adopted:
+        return ""
+    return (f" The train step adopted a finished `edgekit train` run (`EDGEKIT_FROM_RUN="
+            f"{adopted['folder']}`) whose training took {adopted['train_seconds']:.0f} s "
+            f"({adopted['train_seconds'] / 60:.1f} min), recorded in `exported/train_config.json`.")
 
 
 def replace(text: str, name: str, body: str) -> str:

@@ -97,6 +97,27 @@ def test_benchmark_compares_another_release_in_the_same_run(exported_copy, expor
     names = [row["artifact"] for row in report["rows"]]
     assert len(names) == 12
     assert f"{exported.name}/model_int8.tflite" in names and "model_int8.tflite" in names
+    # Same-named files of the two releases, timed alternately: one pair each, ratio of p50s.
+    pairs = report["paired_latency"]
+    assert sorted(pair["file"] for pair in pairs) == sorted(row for row in names if "/" not in row)
+    for pair in pairs:
+        assert pair["compared"] == exported.name
+        assert pair["single"]["runs"] == pair["compared_single"]["runs"] == 10
+        assert pair["p50_ratio"] == pytest.approx(
+            pair["single"]["p50_ms"] / pair["compared_single"]["p50_ms"])
+    assert "timed call by call in turn" in result.stdout
+
+
+def test_time_alternating_interleaves_the_calls():
+    seen = []
+    calls = [lambda image, name=name: seen.append(name) for name in "ab"]
+    config = benchmark.BenchmarkConfig(single_runs=10, warmup_runs=2)
+    first, second = benchmark.time_alternating(calls, np.zeros((3, 28, 28, 1), np.float32), config)
+    assert first["runs"] == second["runs"] == 10
+    # warm-up a b a b, then rounds in alternating order: a b, b a, a b, ...
+    assert seen[:4] == list("abab")
+    assert seen[4:10] == list("abbaab")
+    assert seen.count("a") == seen.count("b") == 12
 
 
 def test_benchmark_compare_with_a_missing_folder_is_an_error_line(exported_copy, tmp_path):

@@ -23,3 +23,12 @@ def test_every_generated_section_of_the_readme_has_markers():
     text = (ROOT / "README.md").read_text()
     for name in ("run", "accuracy", "artifacts", "parity", "benchmark", "sweep", "comparison"):
         assert f"<!-- BEGIN:{name} -->" in text and f"<!-- END:{name} -->" in text, name
+
+
+def test_run_section_says_when_training_was_adopted_from_a_finished_run():
+    run = {"wall_seconds": 600.0, "cpus": 2, "machine": "x86_64", "python": "3.11.2",
+           "steps_seconds": {"train": 1.0, "export": 99.0}}
+    assert "adopted" not in update_readme.run_section(run)
+    run["adopted_run"] = {"folder": "runs/edge", "train_seconds": 2580.4}
+    text = update_readme.run_section(run)
+    assert "EDGEKIT_FROM_RUN=runs/edge" in text and "2580 s (43.0 min)" in text

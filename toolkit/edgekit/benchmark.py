@@ -64,6 +64,30 @@ def time_single(call: Callable[[np.ndarray], Any], images: np.ndarray,
     return percentiles(samples)
 
 
+def time_alternating(calls: list[Callable[[np.ndarray], Any]], images: np.ndarray,
+                     config: BenchmarkConfig) -> list[dict[str, float]]:
+    """Single-image latency of several models, timed call by call in turn.
+
+    Every model sees the same image in the same moment's machine state: on a shared machine,
+    load that comes and goes lands on all of them alike instead of on whichever ran in that
+    second, so their ratio holds far better than that of separately measured blocks. The
+    order alternates every round so that no model always runs right after another.
+    """
+    for index in range(config.warmup_runs):
+        for call in calls:
+            call(images[index % len(images)][None])
+    samples: list[list[float]] = [[] for _ in calls]
+    order = list(range(len(calls)))
+    for index in range(config.single_runs):
+        image = images[index % len(images)][None]
+        for which in order:
+            started = time.perf_counter()
+            calls[which](image)
+            samples[which].append(time.perf_counter() - started)
+        order.reverse()
+    return [percentiles(values) for values in samples]
+
+
 def time_batched(call: Callable[[np.ndarray], Any], images: np.ndarray,
                  config: BenchmarkConfig) -> dict[str, Any]:
     """Throughput over ``batched_seconds``: the mean rate, and the best single call's rate.
@@ -201,8 +225,10 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
             rows.append(row(name, "keras", "fp32", "tensorflow", reference.get("bytes", 0),
                             reference.get("test_accuracy"), measured, macs, peak,
                             model=reference.get("architecture")))
+    paired = []
     for other, other_manifest in others:
         rows += release_rows(other, other_manifest, images, config, peak, echo, prefix=other.name)
+        paired += paired_latency(folder, manifest, other, other_manifest, images, config, echo)
     echo("timing `edgekit predict` on one image from a cold start")
     cold_start = predict_cold_start(folder, images[0])
     sweep_rows = sweep(folder, manifest, images, config, echo) if config.sweep else None
@@ -216,6 +242,7 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
         "matmul": peak,
         "macs_per_image": macs,
         "compared": [compared_release(other, other_manifest) for other, other_manifest in others],
+        "paired_latency": paired,
         "rows": rows,
     }
     reports = fileio.ensure_dir(folder / "reports")
@@ -229,6 +256,35 @@ def compared_release(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return {"folder": str(folder), "architecture": reference.get("architecture"),
             "parameters": reference.get("parameters"),
             "macs_per_image": int(reference.get("macs_per_image") or 0)}
+
+
+def paired_latency(folder: Path, manifest: dict[str, Any], other: Path,
+                   other_manifest: dict[str, Any], images: np.ndarray, config: BenchmarkConfig,
+                   echo: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Each file both releases have, the two models timed alternately (``time_alternating``)."""
+    theirs = {entry["file"] for entry in other_manifest["artifacts"]}
+    pairs = []
+    for entry in manifest["artifacts"]:
+        if entry["file"] not in theirs:
+            continue
+        echo(f"timing {entry['file']} against {other.name}/{entry['file']}, call by call in turn")
+        ours = runtime.load(manifest_module.safe_file(folder, entry["file"]), threads=config.threads)
+        compared = runtime.load(manifest_module.safe_file(other, entry["file"]), threads=config.threads)
+        mine, other_single = time_alternating([ours.predict, compared.predict], images, config)
+        pairs.append({"file": entry["file"], "compared": other.name, "single": mine,
+                      "compared_single": other_single,
+                      "p50_ratio": mine["p50_ms"] / other_single["p50_ms"]})
+    return pairs
+
+
+def paired_table(result: dict[str, Any]) -> list[str]:
+    lines = ["| file | this release p50 ms | compared p50 ms | ratio (< 1: this release faster) |",
+             "|---|---|---|---|"]
+    for pair in result.get("paired_latency") or []:
+        lines.append(f"| {pair['file']} vs {pair['compared']}/{pair['file']} | "
+                     f"{pair['single']['p50_ms']:.3f} | {pair['compared_single']['p50_ms']:.3f} | "
+                     f"{pair['p50_ratio']:.2f} |")
+    return lines if len(lines) > 2 else []
 
 
 def release_rows(folder: Path, manifest: dict[str, Any], images: np.ndarray,

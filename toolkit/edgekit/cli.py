@@ -374,6 +374,11 @@ def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: i
                f"{result['macs_per_image']:,} MACs per image")
     for line in benchmark_module.table(result):
         click.echo(line)
+    paired = benchmark_module.paired_table(result)
+    if paired:
+        click.echo("\nsingle-image latency, the two releases' models timed call by call in turn:")
+        for line in paired:
+            click.echo(line)
     click.echo(f"edgekit predict, one image, cold start: "
                f"{result['predict_cold_start']['median_seconds']:.2f} s (median of 5 processes)")
     if result.get("sweep"):
