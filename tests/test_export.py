@@ -32,3 +32,28 @@ def test_fp16_tflite_keeps_the_first_convolution_in_float32(tmp_path):
     outputs = runtime.load(path, verify_sha256=False).predict(pixels)
     expected = np.asarray(model(pixels, training=False))
     assert np.abs(outputs - expected).max() < 5e-3
+
+
+@requires_tensorflow
+def test_tflite_flatten_has_a_constant_shape_and_any_batch_size(tmp_path):
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from edgekit import export, models, runtime
+    from edgekit.config import Quantization, TrainConfig
+
+    model = models.build(TrainConfig())
+    pixels = np.random.default_rng(1).integers(0, 256, (37, 28, 28, 1)).astype(np.float32)
+    expected = np.asarray(model(pixels, training=False))
+    with export.quiet_native_output():
+        blob = export.to_tflite(model, Quantization.NONE, None)
+    parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
+    names = export._operator_names()
+    operators = [export._operator_name(parsed, op, names) for op in parsed.subgraphs[0].operators]
+    assert "RESHAPE" in operators
+    assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(operators)
+    path = tmp_path / "model_fp32.tflite"
+    path.write_bytes(blob)
+    loaded = runtime.load(path, verify_sha256=False)
+    for batch in (1, 37):  # one image, then a resize to many: the constant shape fits both
+        assert np.abs(loaded.predict(pixels[:batch]) - expected[:batch]).max() < 1e-5
+    assert export.static_flatten(blob) == blob  # nothing left to fold

@@ -124,8 +124,9 @@ RECIPES: dict[Architecture, dict[str, Any]] = {
     # Batch norm + AdamW + warm-up and cosine decay + label smoothing; light augmentation
     # (flip, 2-pixel shift, random erasing): Fashion-MNIST is centred and size-normalised,
     # and with rotation and 8% zoom a 25-epoch run still under-fitted (train 92.2%).
+    # 46 epochs, not 38: validation 94.28% vs 94.15% (about 41 min at an undisturbed 54 s/epoch).
     Architecture.EDGE: {
-        "epochs": 38, "learning_rate": 3e-3, "patience": 38, "dropout_rate": 0.3, "dense_units": 96,
+        "epochs": 46, "learning_rate": 3e-3, "patience": 46, "dropout_rate": 0.3, "dense_units": 96,
         "optimizer": "adamw", "weight_decay": 5e-3, "schedule": "cosine", "warmup_epochs": 2,
         "label_smoothing": 0.1, "erasing_factor": 0.25, "rotation_factor": 0.0,
         "zoom_factor": 0.0, "shift_factor": 0.07,

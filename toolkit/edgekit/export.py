@@ -156,6 +156,7 @@ def to_tflite(model: Any, quantization: Quantization, calibration: np.ndarray) -
         if quantization == Quantization.FLOAT16:
             float32 = tf.lite.TFLiteConverter.from_keras_model(model).convert()
             flatbuffer = keep_first_conv_float32(flatbuffer, float32)
+        flatbuffer = static_flatten(flatbuffer)
     except errors.ExportError:
         raise
     except Exception as error:
@@ -169,6 +170,68 @@ def _operator_names() -> dict[int, str]:
 
     return {value: name for name, value in vars(schema.BuiltinOperator).items()
             if not name.startswith("_")}
+
+
+def _operator_name(model: Any, operator: Any, names: dict[int, str]) -> str:
+    code = model.operatorCodes[operator.opcodeIndex]
+    return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
+
+
+def static_flatten(flatbuffer: bytes) -> bytes:
+    """Give Flatten's RESHAPE a constant target shape ``[-1, features]``.
+
+    Keras' Flatten with a dynamic batch converts to SHAPE -> STRIDED_SLICE -> PACK ->
+    RESHAPE: the batch size is read at run time. Those shape ops are not delegated to
+    XNNPACK, so a single image leaves the delegate, runs four small builtin kernels and
+    re-enters it. A constant ``[-1, features]`` says the same for every batch size and keeps
+    the whole graph in one delegated partition. Other uses of the shape ops leave them be.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
+    names = _operator_names()
+    graph = model.subgraphs[0]
+    producers = {output: operator for operator in graph.operators for output in operator.outputs}
+    consumers: dict[int, int] = {}
+    for operator in graph.operators:
+        for tensor in operator.inputs:
+            consumers[tensor] = consumers.get(tensor, 0) + 1
+    dropped: list[Any] = []
+    for reshape in graph.operators:
+        if _operator_name(model, reshape, names) != "RESHAPE" or len(reshape.inputs) < 2:
+            continue
+        pack = producers.get(reshape.inputs[1])
+        if pack is None or _operator_name(model, pack, names) != "PACK" or len(pack.inputs) != 2:
+            continue
+        sliced = producers.get(pack.inputs[0])
+        width = model.buffers[graph.tensors[pack.inputs[1]].buffer].data
+        if (sliced is None or _operator_name(model, sliced, names) != "STRIDED_SLICE"
+                or width is None):
+            continue
+        shape = producers.get(sliced.inputs[0])
+        if (shape is None or _operator_name(model, shape, names) != "SHAPE"
+                or shape.inputs[0] != reshape.inputs[0]
+                or any(consumers.get(output, 0) != 1 for output in
+                       (*shape.outputs, *sliced.outputs, *pack.outputs))):
+            continue
+        features = int(np.frombuffer(bytes(np.asarray(width, np.uint8)), np.int32)[0])
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(np.array([-1, features], np.int32).tobytes(), np.uint8)
+        model.buffers.append(buffer)
+        tensor = schema.TensorT()
+        tensor.shape = np.array([2], np.int32)
+        tensor.type = schema.TensorType.INT32
+        tensor.buffer = len(model.buffers) - 1
+        tensor.name = b"edgekit/flatten_shape"
+        graph.tensors.append(tensor)
+        reshape.inputs[1] = len(graph.tensors) - 1
+        dropped += [shape, sliced, pack]
+    if not dropped:
+        return flatbuffer
+    graph.operators = [operator for operator in graph.operators
+                       if not any(operator is other for other in dropped)]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def _first_conv(model: Any) -> Any:
