@@ -157,8 +157,6 @@ def to_tflite(model: Any, quantization: Quantization, calibration: np.ndarray) -
             float32 = tf.lite.TFLiteConverter.from_keras_model(model).convert()
             flatbuffer = keep_first_conv_float32(flatbuffer, float32)
         flatbuffer = static_flatten(flatbuffer)
-    except errors.ExportError:
-        raise
     except Exception as error:
         raise errors.ExportError(f"TFLite conversion ({quantization.value}) failed: "
                                  f"{str(error).splitlines()[0][:300]}") from error
@@ -177,6 +175,11 @@ def _operator_name(model: Any, operator: Any, names: dict[int, str]) -> str:
     return names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "?")
 
 
+def _producers(graph: Any) -> dict[int, Any]:
+    """Tensor index -> the operator that writes it."""
+    return {output: operator for operator in graph.operators for output in operator.outputs}
+
+
 def static_flatten(flatbuffer: bytes) -> bytes:
     """Give Flatten's RESHAPE a constant target shape ``[-1, features]``.
 
@@ -192,7 +195,7 @@ def static_flatten(flatbuffer: bytes) -> bytes:
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
     names = _operator_names()
     graph = model.subgraphs[0]
-    producers = {output: operator for operator in graph.operators for output in operator.outputs}
+    producers = _producers(graph)
     consumers: dict[int, int] = {}
     for operator in graph.operators:
         for tensor in operator.inputs:
@@ -238,12 +241,9 @@ def _first_conv(model: Any) -> Any:
     """The CONV_2D that reads the graph's input (pixels), or None."""
     names = _operator_names()
     graph = model.subgraphs[0]
-    for operator in graph.operators:
-        code = model.operatorCodes[operator.opcodeIndex]
-        name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode))
-        if name == "CONV_2D" and operator.inputs[0] in graph.inputs:
-            return operator
-    return None
+    return next((operator for operator in graph.operators
+                 if _operator_name(model, operator, names) == "CONV_2D"
+                 and operator.inputs[0] in graph.inputs), None)
 
 
 def keep_first_conv_float32(float16: bytes, float32: bytes) -> bytes:
@@ -266,7 +266,7 @@ def keep_first_conv_float32(float16: bytes, float32: bytes) -> bytes:
     if half_conv is None or full_conv is None:
         return float16
     graph, full_graph = half.subgraphs[0], full.subgraphs[0]
-    producers = {output: operator for operator in graph.operators for output in operator.outputs}
+    producers = _producers(graph)
     dropped = []
     for position in (1, 2):  # filter, bias
         if position >= len(half_conv.inputs) or half_conv.inputs[position] < 0:
