@@ -52,6 +52,31 @@ def test_edge_parameter_budget():
     assert "Add" in names  # residual connections
 
 
+def test_edge_stem_and_blocks():
+    from edgekit import models
+
+    pooled = models.build(TrainConfig.for_architecture("edge", edge_stem="pool", edge_blocks=1))
+    strided = models.build(TrainConfig.for_architecture("edge", edge_stem="stride2", edge_blocks=0))
+    assert strided.output_shape == (None, 10)
+    # stride2: a 5x5 conv straight to 14x14 replaces the 3x3 conv at 28x28 and its max-pool.
+    stem = strided.get_layer("stem_conv")
+    assert stem.strides == (2, 2) and stem.kernel_size == (5, 5)
+    assert stem.output.shape[1:3] == (14, 14)
+    assert "pool28" not in [layer.name for layer in strided.layers]
+    # No residual block: one 3x3 64->64 conv at 7x7 (and its batch norm) fewer.
+    assert "Add" not in [type(layer).__name__ for layer in strided.layers]
+    assert models.count_macs(pooled) - models.count_macs(strided) == (
+        7 * 7 * 64 * 9 * 64 + 28 * 28 * 32 * 9 - 14 * 14 * 32 * 25)
+    assert pooled.count_params() - strided.count_params() == (
+        9 * 64 * 64 + 4 * 64 - (25 - 9) * 32)
+    two = models.build(TrainConfig.for_architecture("edge", edge_blocks=2))
+    assert [type(layer).__name__ for layer in two.layers].count("Add") == 2
+    with pytest.raises(ValueError, match="edge stem"):
+        TrainConfig.for_architecture("edge", edge_stem="patchify")
+    with pytest.raises(ValueError, match="edge blocks"):
+        TrainConfig.for_architecture("edge", edge_blocks=-1)
+
+
 def test_recipes_are_valid_configs():
     for architecture in Architecture:
         config = TrainConfig.for_architecture(architecture)

@@ -25,6 +25,9 @@ class Quantization(str, enum.Enum):
     INT8 = "int8"
 
 
+EDGE_STEMS = ("pool", "stride2")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     architecture: Architecture = Architecture.REFERENCE
@@ -40,6 +43,9 @@ class TrainConfig:
     conv_filters: tuple[int, int] = (32, 64)
     dense_units: int = 256
     edge_widths: tuple[int, int, int] = (32, 64, 64)
+    # Edge stem: "pool" (3x3 conv at 28x28, then max-pool) or "stride2" (5x5 conv, stride 2).
+    edge_stem: str = "pool"
+    edge_blocks: int = 1  # residual 3x3 conv blocks at 7x7
     # Augmentation strengths (Keras preprocessing-layer units).
     rotation_factor: float = 0.01  # fraction of a full turn: about +/-3.6 degrees
     zoom_factor: float = 0.04
@@ -79,6 +85,10 @@ class TrainConfig:
             raise ValueError("label smoothing must be in [0, 0.5)")
         if not 0.0 <= self.erasing_factor <= 1.0:
             raise ValueError("erasing factor must be in [0, 1]")
+        if self.edge_stem not in EDGE_STEMS:
+            raise ValueError(f"edge stem must be one of {', '.join(EDGE_STEMS)}")
+        if self.edge_blocks < 0:
+            raise ValueError("edge blocks must be zero or more")
         if self.warmup_epochs < 0:
             raise ValueError("warm-up epochs must be zero or more")
 

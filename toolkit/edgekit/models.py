@@ -52,26 +52,32 @@ EDGE_SQUEEZE = 16  # channels kept at 7x7 before the positional head
 def build_edge(config: TrainConfig) -> keras.Model:
     """A compact network for int8 devices.
 
-    A 3x3 conv at 28x28, max-pool, a 3x3 conv at 14x14, max-pool, then at 7x7 a conv and a
-    residual conv; a 1x1 conv squeezes to 16 channels and a small dense layer reads the
-    flattened 7x7x16 map. That head keeps *where* a feature is (collar, sleeve, heel), which
-    global average pooling throws away: on the validation split it beat a GAP head of the
-    same budget (94.15% vs 93.72% after 36-38 epochs). Batch norm follows every conv and the
-    dense layer and is folded into them by both converters. Plain convs, not depthwise-
-    separable ones: on this 2-core CPU a depthwise net of the same MACs trained about 5x
-    slower per step (TensorFlow's CPU depthwise gradients), which would not fit the
-    training budget. Widths come from ``config.edge_widths`` (28x28, 14x14, 7x7 stages) and
-    the head from ``config.dense_units``.
+    A stem (``config.edge_stem``: "pool", a 3x3 conv at 28x28 then max-pool; or "stride2",
+    a 5x5 conv with stride 2 straight to 14x14), a 3x3 conv at 14x14, max-pool, then at 7x7
+    a conv and ``config.edge_blocks`` residual convs; a 1x1 conv squeezes to 16 channels and
+    a small dense layer reads the flattened 7x7x16 map. That head keeps *where* a feature
+    is (collar, sleeve, heel), which global average pooling throws away: on the validation
+    split it beat a GAP head of the same budget (94.15% vs 93.72% after 36-38 epochs).
+    Batch norm follows every conv and the dense layer and is folded into them by both
+    converters. Plain convs, not depthwise-separable ones: on this 2-core CPU a depthwise
+    net of the same MACs trained about 5x slower per step (TensorFlow's CPU depthwise
+    gradients), which would not fit the training budget. Widths come from
+    ``config.edge_widths`` (stem, 14x14 and 7x7 stages) and the head from
+    ``config.dense_units``.
     """
     stem, middle, last = config.edge_widths
     inputs = keras.Input(shape=INPUT_SHAPE, dtype="float32", name="pixels")
     x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
-    x = _conv_bn(x, stem, "stem")
-    x = keras.layers.MaxPooling2D(2, name="pool28")(x)
+    if config.edge_stem == "stride2":
+        x = _conv_bn(x, stem, "stem", strides=2, kernel=5)
+    else:
+        x = _conv_bn(x, stem, "stem")
+        x = keras.layers.MaxPooling2D(2, name="pool28")(x)
     x = _conv_bn(x, middle, "conv14")
     x = keras.layers.MaxPooling2D(2, name="pool14")(x)
     x = _conv_bn(x, last, "conv7")
-    x = _residual(x, "block7")
+    for block in range(config.edge_blocks):
+        x = _residual(x, "block7" if block == 0 else f"block7_{block + 1}")
     x = _conv_bn(x, EDGE_SQUEEZE, "squeeze", kernel=1)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(config.dense_units, use_bias=False, name="dense")(x)

@@ -39,6 +39,8 @@ def search_space(hp: keras_tuner.HyperParameters, architecture: str) -> dict[str
         widths = hp.Choice("edge_widths", ["16-32-32", "24-48-48", "32-64-64"])
         space["dense_units"] = hp.Choice("dense_units", [64, 96])
         space["edge_widths"] = tuple(int(part) for part in widths.split("-"))
+        space["edge_stem"] = hp.Choice("edge_stem", ["pool", "stride2"])
+        space["edge_blocks"] = hp.Int("edge_blocks", 0, 1)
         space["weight_decay"] = hp.Float("weight_decay", 1e-3, 5e-2, sampling="log")
     else:
         space["dense_units"] = hp.Choice("dense_units", [128, 256])
