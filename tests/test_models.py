@@ -46,9 +46,10 @@ def test_edge_parameter_budget():
     assert "BatchNormalization" in names and "Flatten" in names  # the positional head
     # Every width and head choice of `edgekit tune` stays within the 200 KB budget too.
     for widths, units in (((16, 32, 32), 64), ((24, 48, 48), 96), ((32, 64, 64), 96)):
-        small = models.build(TrainConfig.for_architecture("edge", edge_widths=widths,
-                                                          dense_units=units))
-        assert small.count_params() < 180_000
+        for stem in ("pool", "stride2"):  # the 5x5 stem is the larger one
+            small = models.build(TrainConfig.for_architecture("edge", edge_widths=widths,
+                                                              dense_units=units, edge_stem=stem))
+            assert small.count_params() < 180_000
     assert "Add" in names  # residual connections
 
 

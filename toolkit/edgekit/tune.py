@@ -18,7 +18,7 @@ import keras
 import keras_tuner
 
 from edgekit import data, errors, fileio, models, training
-from edgekit.config import TrainConfig
+from edgekit.config import EDGE_STEMS, TrainConfig
 
 TRIALS_JSON = "trials.json"
 TRIALS_MARKDOWN = "trials.md"
@@ -39,7 +39,7 @@ def search_space(hp: keras_tuner.HyperParameters, architecture: str) -> dict[str
         widths = hp.Choice("edge_widths", ["16-32-32", "24-48-48", "32-64-64"])
         space["dense_units"] = hp.Choice("dense_units", [64, 96])
         space["edge_widths"] = tuple(int(part) for part in widths.split("-"))
-        space["edge_stem"] = hp.Choice("edge_stem", ["pool", "stride2"])
+        space["edge_stem"] = hp.Choice("edge_stem", list(EDGE_STEMS))
         space["edge_blocks"] = hp.Int("edge_blocks", 0, 1)
         space["weight_decay"] = hp.Float("weight_decay", 1e-3, 5e-2, sampling="log")
     else:
