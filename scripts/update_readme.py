@@ -86,9 +86,14 @@ def benchmark_section(benchmark: dict) -> str:
              "BLAS, all threads); `× predict` is Keras `model.predict`'s single-image p50 over "
              "the row's; `batch img/s` and `% matmul` use the mean over the timed "
              "seconds, `best img/s` and `best %` the best single batch (the same estimator as "
-             "the rate: on this shared machine other tenants' load drags a mean, not a best-of).",
+             "the rate: on this shared machine other tenants' load drags a mean, not a best-of); "
+             "`others %` is the share of both CPUs that other processes and other virtual "
+             "machines (steal) took while the row was measured, from /proc/stat.",
              ""]
     lines += benchmark_module.table(benchmark)
+    summary = benchmark_module.load_summary(benchmark)
+    if summary:
+        lines += ["", summary]
     cold = benchmark.get("predict_cold_start")
     if cold:
         lines += ["", f"`edgekit predict` on one image, a whole new process with the int8 TFLite "
@@ -191,7 +196,11 @@ def main() -> None:
     if benchmark and benchmark.get("sweep"):
         from edgekit import benchmark as benchmark_module
 
-        text = replace(text, "sweep", "\n".join(benchmark_module.sweep_table(benchmark["sweep"])))
+        sweep = benchmark["sweep"]
+        text = replace(text, "sweep", "\n".join(
+            benchmark_module.sweep_table(sweep)
+            + ["", "int8 against fp32 in this sweep, file by file:", ""]
+            + benchmark_module.int8_summary_lines(sweep)))
     if run:
         text = replace(text, "run", run_section(run))
     readme.write_text(text)

@@ -35,6 +35,61 @@ def test_speedup_over_predict_is_a_ratio_of_p50s():
     assert benchmark.speedup_over_predict({"rows": rows[1:]}, rows[1]) is None
 
 
+PROC_STAT = """cpu  1000 50 200 5000 30 0 10 40 0 0
+cpu0 500 25 100 2500 15 0 5 20 0 0
+intr 12345
+"""
+
+
+def test_parse_proc_stat_reads_the_machine_wide_line():
+    ticks = benchmark.parse_proc_stat(PROC_STAT)
+    # busy = user + nice + system + irq + softirq; total adds idle, iowait and steal.
+    assert ticks == {"busy": 1260, "steal": 40, "total": 6330}
+    assert benchmark.parse_proc_stat("intr 1 2 3\n") is None
+
+
+def test_machine_load_splits_the_cpu_time():
+    before = {"busy": 0, "steal": 0, "total": 0, "own_seconds": 10.0, "ticks_per_second": 100}
+    # 2 CPUs for 5 s = 1000 ticks: 600 busy, of which this process 4 s (400 ticks); 50 stolen.
+    after = {"busy": 600, "steal": 50, "total": 1000, "own_seconds": 14.0, "ticks_per_second": 100}
+    load = benchmark.machine_load(before, after)
+    assert load == pytest.approx({"cpu_seconds": 10.0, "own": 0.4, "others": 0.2, "steal": 0.05})
+    assert benchmark.elsewhere(load) == pytest.approx(0.25)
+    # Clock granularity can make our own CPU seconds exceed the machine's busy ticks.
+    busy_self = dict(after, own_seconds=17.0)
+    assert benchmark.machine_load(before, busy_self)["others"] == 0.0
+    assert benchmark.machine_load(None, after) is None
+    assert benchmark.machine_load(before, before) is None
+
+
+def test_cpu_snapshot_of_this_machine():
+    snapshot = benchmark.cpu_snapshot()
+    if snapshot is None:
+        pytest.skip("no /proc/stat")
+    assert snapshot["total"] >= snapshot["busy"] > 0 and snapshot["own_seconds"] > 0
+    later = benchmark.cpu_snapshot()
+    assert later is not None and later["total"] >= snapshot["total"]
+
+
+def test_int8_over_fp32_pairs_the_same_setting():
+    def sweep_row(artifact, mode, threads, batch, rate):
+        return {"artifact": artifact, "xnnpack": mode, "threads": threads, "batch_size": batch,
+                "images_per_second": rate}
+    rows = [sweep_row("model_fp32.onnx", "n/a", 1, 32, 100.0),
+            sweep_row("model_int8.onnx", "n/a", 1, 32, 150.0),
+            sweep_row("model_fp32.onnx", "n/a", 2, 32, 200.0),
+            sweep_row("model_int8.onnx", "n/a", 2, 32, 100.0),
+            sweep_row("model_fp32.tflite", "off", 1, 1, 50.0),
+            sweep_row("model_int8.tflite", "off", 1, 1, 40.0)]
+    summary = benchmark.int8_over_fp32(rows)
+    assert [(item["runtime"], item["xnnpack"], item["faster"]) for item in summary] == [
+        ("ONNX Runtime", "n/a", 1), ("LiteRT", "off", 0)]
+    assert summary[0]["ratios"] == {(1, 32): 1.5, (2, 32): 0.5}
+    assert benchmark.int8_summary_lines(rows) == [
+        "- ONNX Runtime: int8 faster than fp32 in 1 of 2 settings (int8 / fp32 throughput 0.50–1.50)",
+        "- LiteRT, XNNPACK off: int8 faster than fp32 in 0 of 1 settings (int8 / fp32 throughput 0.80–0.80)"]
+
+
 def test_time_batched_counts_images():
     calls = []
     result = benchmark.time_batched(lambda batch: calls.append(len(batch)), np.zeros((100, 28, 28, 1)),
@@ -68,6 +123,9 @@ def test_released_benchmark_report(exported):
             entry = next(e for e in manifest["artifacts"] if e["file"] == name)
             assert row["bytes"] == entry["bytes"]
             assert row["accuracy"] == entry["metrics"]["accuracy"]  # from the parity report
+    # The released run says how busy the machine was with other work while it measured.
+    assert 0.0 <= report["machine_load"]["others"] <= 1.0
+    assert all("machine_load" in row for row in rows.values())
     assert (exported / "reports" / "benchmark.png").stat().st_size > 0
 
 
@@ -80,6 +138,11 @@ def test_benchmark_cli_on_a_copy(exported_copy):
     report = json.loads((exported_copy / "reports" / "benchmark.json").read_text())
     assert len(report["rows"]) == 6
     assert "model_int8.tflite" in result.stdout
+    # How busy the machine was with other work, for the run, the matmul rate and every row.
+    for load in [report["machine_load"], report["matmul"]["machine_load"],
+                 *(row["machine_load"] for row in report["rows"])]:
+        assert 0.0 <= load["others"] <= 1.0 and 0.0 <= load["own"] <= 1.0 and load["cpu_seconds"] > 0
+    assert "others %" in result.stdout and "of the machine's CPU time during the run" in result.stdout
 
 
 def test_benchmark_compares_another_release_in_the_same_run(exported_copy, exported):

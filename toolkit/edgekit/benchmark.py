@@ -11,6 +11,7 @@ import dataclasses
 import gc
 import os
 import platform
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -145,6 +146,53 @@ def _read_status(field: str) -> float | None:
     return None
 
 
+def parse_proc_stat(text: str) -> dict[str, int] | None:
+    """The machine-wide ``cpu`` line of /proc/stat: busy, steal and total clock ticks."""
+    for line in text.splitlines():
+        if line.startswith("cpu "):
+            ticks = [int(value) for value in line.split()[1:9]]
+            ticks += [0] * (8 - len(ticks))
+            user, nice, system, idle, iowait, irq, softirq, steal = ticks
+            return {"busy": user + nice + system + irq + softirq, "steal": steal,
+                    "total": sum(ticks)}
+    return None
+
+
+def cpu_snapshot() -> dict[str, float] | None:
+    """Machine-wide CPU ticks and this process's own CPU seconds (children included), now."""
+    try:
+        with open("/proc/stat") as stream:
+            machine_ticks = parse_proc_stat(stream.read())
+    except OSError:
+        return None
+    if machine_ticks is None:
+        return None
+    own = sum(usage.ru_utime + usage.ru_stime for usage in
+              (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return {**machine_ticks, "own_seconds": own, "ticks_per_second": os.sysconf("SC_CLK_TCK")}
+
+
+def machine_load(before: dict[str, float] | None,
+                 after: dict[str, float] | None) -> dict[str, float] | None:
+    """What else the machine did between two snapshots, as fractions of all its CPU time.
+
+    ``others``: CPU time of every other process (busy ticks minus this process's own CPU
+    seconds); ``steal``: time the hypervisor gave the virtual CPUs to other guests. Either
+    one well above zero means that row was measured on a disturbed machine.
+    """
+    if before is None or after is None:
+        return None
+    tick = after["ticks_per_second"]
+    capacity = (after["total"] - before["total"]) / tick
+    if capacity <= 0:
+        return None
+    busy = (after["busy"] - before["busy"]) / tick
+    own = after["own_seconds"] - before["own_seconds"]
+    return {"cpu_seconds": capacity, "own": min(1.0, max(0.0, own / capacity)),
+            "others": min(1.0, max(0.0, (busy - own) / capacity)),
+            "steal": (after["steal"] - before["steal"]) / tick / capacity}
+
+
 def reset_peak_memory() -> bool:
     """Reset the kernel's peak-RSS mark (Linux: write 5 to clear_refs)."""
     try:
@@ -159,6 +207,7 @@ def measure_artifact(path: Path, images: np.ndarray, config: BenchmarkConfig) ->
     gc.collect()
     resettable = reset_peak_memory()
     before = _read_status("VmRSS")
+    snapshot = cpu_snapshot()
     started = time.perf_counter()
     model = runtime.load(path, threads=config.threads)
     load_seconds = time.perf_counter() - started
@@ -166,6 +215,7 @@ def measure_artifact(path: Path, images: np.ndarray, config: BenchmarkConfig) ->
     batched = time_batched(model.predict, images, config)
     peak = _read_status("VmHWM") if resettable else None
     return {
+        "machine_load": machine_load(snapshot, cpu_snapshot()),
         "load_seconds": load_seconds,
         "single": single,
         "batched": batched,
@@ -194,12 +244,13 @@ def keras_baselines(model_path: Path, images: np.ndarray,
     def direct(x: np.ndarray) -> Any:
         return np.asarray(model(x.astype(np.float32), training=False))
 
-    return {
-        "keras model.predict": {"single": time_single(predict, as_float, small),
-                                "batched": time_batched(predict, as_float, config)},
-        "keras direct call": {"single": time_single(direct, as_float, small),
-                              "batched": time_batched(direct, as_float, config)},
-    }
+    baselines = {}
+    for name, call in (("keras model.predict", predict), ("keras direct call", direct)):
+        snapshot = cpu_snapshot()
+        single, batched = time_single(call, as_float, small), time_batched(call, as_float, config)
+        baselines[name] = {"single": single, "batched": batched,
+                           "machine_load": machine_load(snapshot, cpu_snapshot())}
+    return baselines
 
 
 def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
@@ -213,8 +264,11 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
     manifest = manifest_module.load(folder)
     others = [(Path(other), manifest_module.load(Path(other))) for other in compare]
     images = bench_images(folder, manifest, data_dir)
+    run_snapshot = cpu_snapshot()
     echo(f"measuring the float32 matmul rate ({config.matmul_size}x{config.matmul_size})")
+    snapshot = cpu_snapshot()
     peak = matmul_rate(config.matmul_size)
+    peak_load = machine_load(snapshot, cpu_snapshot())
     reference = manifest.get("reference") or {}
     macs = int(reference.get("macs_per_image") or 0)
     rows = release_rows(folder, manifest, images, config, peak, echo)
@@ -234,12 +288,15 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
     sweep_rows = sweep(folder, manifest, images, config, echo) if config.sweep else None
     training_rates = training_throughput(folder, echo) if config.training else None
     result = {
+        # Other processes' and other guests' share of the CPUs over the whole run; each row
+        # and the matmul rate carry their own ("machine_load").
+        "machine_load": machine_load(run_snapshot, cpu_snapshot()),
         "predict_cold_start": cold_start,
         "training": training_rates,
         "sweep": sweep_rows,
         "machine": machine(),
         "config": dataclasses.asdict(config),
-        "matmul": peak,
+        "matmul": {**peak, "machine_load": peak_load},
         "macs_per_image": macs,
         "compared": [compared_release(other, other_manifest) for other, other_manifest in others],
         "paired_latency": paired,
@@ -270,9 +327,11 @@ def paired_latency(folder: Path, manifest: dict[str, Any], other: Path,
         echo(f"timing {entry['file']} against {other.name}/{entry['file']}, call by call in turn")
         ours = runtime.load(manifest_module.safe_file(folder, entry["file"]), threads=config.threads)
         compared = runtime.load(manifest_module.safe_file(other, entry["file"]), threads=config.threads)
+        snapshot = cpu_snapshot()
         mine, other_single = time_alternating([ours.predict, compared.predict], images, config)
         pairs.append({"file": entry["file"], "compared": other.name, "single": mine,
                       "compared_single": other_single,
+                      "machine_load": machine_load(snapshot, cpu_snapshot()),
                       "p50_ratio": mine["p50_ms"] / other_single["p50_ms"]})
     return pairs
 
@@ -384,6 +443,35 @@ def sweep_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def int8_over_fp32(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per runtime (and XNNPACK mode), int8 throughput over fp32's in each swept setting."""
+    keyed = {(row["artifact"], row["xnnpack"], row["threads"], row["batch_size"]):
+             row["images_per_second"] for row in rows}
+    pairs = (("model_int8.onnx", "model_fp32.onnx", "ONNX Runtime"),
+             ("model_int8.tflite", "model_fp32.tflite", "LiteRT"))
+    summary = []
+    for int8, fp32, runtime_name in pairs:
+        for mode in dict.fromkeys(row["xnnpack"] for row in rows if row["artifact"] == int8):
+            ratios = {(threads, batch): value / keyed[(fp32, mode, threads, batch)]
+                      for (artifact, xnnpack, threads, batch), value in keyed.items()
+                      if artifact == int8 and xnnpack == mode
+                      and (fp32, mode, threads, batch) in keyed}
+            if ratios:
+                summary.append({"runtime": runtime_name, "xnnpack": mode, "ratios": ratios,
+                                "faster": sum(ratio > 1.0 for ratio in ratios.values())})
+    return summary
+
+
+def int8_summary_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for item in int8_over_fp32(rows):
+        where = item["runtime"] + ("" if item["xnnpack"] == "n/a" else f", XNNPACK {item['xnnpack']}")
+        ratios = item["ratios"].values()
+        lines.append(f"- {where}: int8 faster than fp32 in {item['faster']} of {len(ratios)} "
+                     f"settings (int8 / fp32 throughput {min(ratios):.2f}–{max(ratios):.2f})")
+    return lines
+
+
 def training_throughput(folder: Path, echo: Callable[[str], None]) -> dict[str, Any] | None:
     """Training speed from history.json beside the model, and the input pipeline alone."""
     import json
@@ -464,7 +552,7 @@ def speedup_over_predict(result: dict[str, Any], item: dict[str, Any]) -> float 
 def table(result: dict[str, Any]) -> list[str]:
     lines = [f"| {'artifact':<30} | {'size':>9} | {'accuracy':>8} | {'load ms':>7} | {'p50 ms':>7} | "
              f"{'p90 ms':>7} | {'p99 ms':>7} | {'× predict':>9} | {'batch img/s':>11} | {'% matmul':>8} | "
-             f"{'best img/s':>10} | {'best %':>6} | {'peak MB':>7} |"]
+             f"{'best img/s':>10} | {'best %':>6} | {'peak MB':>7} | {'others %':>8} |"]
     lines.append("|" + "|".join("-" * (len(cell)) for cell in lines[0].split("|")[1:-1]) + "|")
     for item in result["rows"]:
         accuracy = f"{item['accuracy']:.2%}" if item.get("accuracy") is not None else "—"
@@ -474,6 +562,7 @@ def table(result: dict[str, Any]) -> list[str]:
         best = item["batched"].get("best_images_per_second")
         peak = item.get("peak_rss_mb")
         speedup = speedup_over_predict(result, item)
+        disturbed = elsewhere(item.get("machine_load"))
         lines.append(
             f"| {item['artifact']:<30} | {fileio.human_size(item['bytes']):>9} | {accuracy:>8} | "
             f"{load:>7} | {item['single']['p50_ms']:>7.3f} | {item['single']['p90_ms']:>7.3f} | "
@@ -483,8 +572,26 @@ def table(result: dict[str, Any]) -> list[str]:
             f"{(f'{fraction:.1%}' if fraction is not None else '—'):>8} | "
             f"{(f'{best:,.0f}' if best is not None else '—'):>10} | "
             f"{(f'{best_fraction:.1%}' if best_fraction is not None else '—'):>6} | "
-            f"{(f'{peak:.0f}' if peak is not None else '—'):>7} |")
+            f"{(f'{peak:.0f}' if peak is not None else '—'):>7} | "
+            f"{(f'{disturbed:.0%}' if disturbed is not None else '—'):>8} |")
     return lines
+
+
+def elsewhere(load: dict[str, float] | None) -> float | None:
+    """Share of the machine's CPU time that went to other processes or other guests."""
+    return None if load is None else load["others"] + load["steal"]
+
+
+def load_summary(result: dict[str, Any]) -> str | None:
+    """One line on how busy the machine was with other work during the run."""
+    load = result.get("machine_load")
+    if load is None:
+        return None
+    rows = [share for share in (elsewhere(row.get("machine_load")) for row in result["rows"])
+            if share is not None]
+    worst = f"; the most disturbed row {max(rows):.0%}" if rows else ""
+    return (f"Other processes and other guests took {elsewhere(load):.0%} of the machine's CPU "
+            f"time during the run (steal {load['steal']:.0%}){worst}: `others %` per row.")
 
 
 def plot(result: dict[str, Any], reports: Path, echo: Callable[[str], None]) -> None:

@@ -374,6 +374,9 @@ def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: i
                f"{result['macs_per_image']:,} MACs per image")
     for line in benchmark_module.table(result):
         click.echo(line)
+    summary = benchmark_module.load_summary(result)
+    if summary:
+        click.echo(summary)
     paired = benchmark_module.paired_table(result)
     if paired:
         click.echo("\nsingle-image latency, the two releases' models timed call by call in turn:")
