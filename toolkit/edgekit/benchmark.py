@@ -11,7 +11,6 @@ import dataclasses
 import gc
 import os
 import platform
-import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -161,9 +160,11 @@ def parse_proc_stat(text: str) -> dict[str, int] | None:
 def cpu_snapshot() -> dict[str, float] | None:
     """Machine-wide CPU ticks and this process's own CPU seconds (children included), now."""
     try:
+        import resource  # Unix only, like /proc/stat
+
         with open("/proc/stat") as stream:
             machine_ticks = parse_proc_stat(stream.read())
-    except OSError:
+    except (ImportError, OSError):
         return None
     if machine_ticks is None:
         return None

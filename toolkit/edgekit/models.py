@@ -60,8 +60,9 @@ def build_edge(config: TrainConfig) -> keras.Model:
     split it beat a GAP head of the same budget (94.15% vs 93.72% after 36-38 epochs).
     Batch norm follows every conv and the dense layer and is folded into them by both
     converters. Plain convs, not depthwise-separable ones: on this 2-core CPU a depthwise
-    net of the same MACs trained about 5x slower per step (TensorFlow's CPU depthwise
-    gradients), which would not fit the training budget. Widths come from
+    net trained 2-5x slower per step (TensorFlow's CPU depthwise gradients; Keras' JAX
+    backend was slower still), and at 28x28 its extra operators made the int8 file no
+    faster than a plain net with more multiply-accumulates. Widths come from
     ``config.edge_widths`` (stem, 14x14 and 7x7 stages) and the head from
     ``config.dense_units``.
     """
