@@ -77,11 +77,13 @@ def test_verify_tiny_model(tiny_pipeline):
 def test_edge_trains_exports_and_passes_parity(tmp_path):
     """The edge architecture end to end on a slice: int8 TFLite + ONNX, parity.
 
-    Batch norm's moving statistics (momentum 0.99) need a few hundred steps to leave their
-    initial values, so this trains 2 epochs of 6,000 images in batches of 32 (~340 steps)
-    rather than the reference's single epoch: a model that is still near-uniform would make
-    int8 parity a coin toss."""
-    trained = run_cli("train", "--arch", "edge", "--limit", "6000", "--epochs", "2",
+    Batch norm's moving statistics (momentum 0.99) need several hundred steps to catch up with
+    the weights, so this trains 4 epochs of 6,000 images in batches of 32 (~680 steps) rather
+    than the reference's single epoch. Two epochs (~340 steps) left the inference-mode model
+    at 44-69 % from run to run (one CI run: 44.45 % on the test set), too close to any bar;
+    four reached 86-87 % validation accuracy here. A near-uniform model would also make int8
+    parity a coin toss."""
+    trained = run_cli("train", "--arch", "edge", "--limit", "6000", "--epochs", "4",
                       "--batch-size", "32", "--output-dir", str(tmp_path))
     assert trained.returncode == 0, trained.stderr[-2000:]
     record = json.loads((tmp_path / "train_config.json").read_text())
@@ -100,7 +102,7 @@ def test_edge_trains_exports_and_passes_parity(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     verified = json.loads((tmp_path / "manifest.json").read_text())
     int8 = next(entry for entry in verified["artifacts"] if entry["file"] == "model_int8.tflite")
-    assert int8["metrics"]["images"] == 10_000 and int8["metrics"]["accuracy"] > 0.45  # learned (chance: 0.1)
+    assert int8["metrics"]["images"] == 10_000 and int8["metrics"]["accuracy"] > 0.6  # learned (chance: 0.1)
 
 
 def test_resume_after_sigkill(tmp_path):
