@@ -119,8 +119,11 @@ def test_broken_model_files(tmp_path, content, suffix):
 
 
 def test_missing_and_unknown(tmp_path):
-    with pytest.raises(errors.ModelError, match="does not exist"):
+    with pytest.raises(errors.ModelError, match="does not exist. Check the path"):
         runtime.load(tmp_path / "absent.onnx")
+    # A relative path names the folder it was resolved in: the usual mistake is the wrong cwd.
+    with pytest.raises(errors.ModelError, match=r"relative to .*edgekit export"):
+        runtime.load("no-such-folder/absent.tflite")
     with pytest.raises(errors.ModelError, match="is a folder"):
         runtime.load(tmp_path)
     (tmp_path / "model.pt").write_bytes(b"x")
