@@ -19,6 +19,12 @@ from typing import Any
 from edgekit import errors
 
 
+def relative_to_cwd(path: Path) -> str:
+    """`` (relative to <cwd>)`` for a relative path, else nothing: for "does not exist" errors,
+    whose usual cause is running from another folder."""
+    return "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it onto ``target``.

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from edgekit import errors
+from edgekit import errors, fileio
 from edgekit.contract import IMAGE_SIZE
 
 # Refuse decompression bombs: a small file that decodes to an enormous pixel count.
@@ -43,8 +43,8 @@ def open_image(path: Path) -> tuple[Image.Image, list[str]]:
     if path.is_dir():
         raise errors.ImageError(f"{path} is a folder; pass image files (e.g. {path}/*.png).")
     if not path.exists():
-        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
-        raise errors.ImageError(f"image {path} does not exist{where}. Check the path.")
+        raise errors.ImageError(f"image {path} does not exist{fileio.relative_to_cwd(path)}. "
+                                "Check the path.")
     if not path.is_file():  # a FIFO or a device would block or never end
         raise errors.ImageError(f"{path} is not a regular file; pass an image file.")
     if path.stat().st_size == 0:

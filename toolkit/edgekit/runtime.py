@@ -290,9 +290,8 @@ def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256
     if path.is_dir():
         raise errors.ModelError(f"{path} is a folder; pass a .onnx or .tflite file.")
     if not path.exists():
-        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
-        raise errors.ModelError(f"model file {path} does not exist{where}. Check the path, or "
-                                "create one with `edgekit export`.")
+        raise errors.ModelError(f"model file {path} does not exist{fileio.relative_to_cwd(path)}. "
+                                "Check the path, or create one with `edgekit export`.")
     if not path.is_file():  # a FIFO or a device would block or never end
         raise errors.ModelError(f"{path} is not a regular file; pass a .onnx or .tflite file.")
     runtime_class = RUNTIMES.get(path.suffix.lower())
