@@ -42,6 +42,9 @@ class TensorInfo:
         return payload
 
 
+_IMAGE_AXES = (IMAGE_SIZE, IMAGE_SIZE, 1)
+
+
 def check_pixels(pixels: Any) -> np.ndarray:
     """Validate raw pixels and return them as uint8 ``[N, 28, 28, 1]``.
 
@@ -49,6 +52,9 @@ def check_pixels(pixels: Any) -> np.ndarray:
     A single image (``[28, 28]`` or ``[28, 28, 1]``) and ``[N, 28, 28]`` are given the
     missing axes. Anything else raises ``ValueError`` naming the problem.
     """
+    if (type(pixels) is np.ndarray and pixels.dtype == np.uint8
+            and pixels.shape[1:] == _IMAGE_AXES and len(pixels)):
+        return pixels  # already what the models take: the single-image path stays short
     array = np.asarray(pixels)
     if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer)
                                        or np.issubdtype(array.dtype, np.floating)):
@@ -91,8 +97,11 @@ def quantize(values: np.ndarray, info: TensorInfo) -> np.ndarray:
 
 def dequantize(values: np.ndarray, info: TensorInfo) -> np.ndarray:
     if info.scale is None or not info.scale:
-        return values.astype(np.float32)
-    return ((values.astype(np.float32) - (info.zero_point or 0)) * info.scale).astype(np.float32)
+        return np.asarray(values, dtype=np.float32)
+    # One float32 array, scaled in place: no float64 or extra temporaries on the latency path.
+    result = np.subtract(values, np.float32(info.zero_point or 0), dtype=np.float32)
+    result *= np.float32(info.scale)
+    return result
 
 
 class LoadedModel:
@@ -111,12 +120,13 @@ class LoadedModel:
         images = check_pixels(pixels)
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        outputs = [self._run(images[start:start + batch_size])
-                   for start in range(0, len(images), batch_size)]
-        # One batch (the single-image path) is returned as is, without concatenate's copy.
-        joined = outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
-        probabilities = joined.astype(np.float32, copy=False)
-        if not np.all(np.isfinite(probabilities)):
+        if len(images) <= batch_size:  # one batch, the single-image path: no list, no copy
+            probabilities = self._run(images)
+        else:
+            probabilities = np.concatenate([self._run(images[start:start + batch_size])
+                                            for start in range(0, len(images), batch_size)])
+        # Dequantised integers are finite by construction (the scale is checked at load).
+        if self.output.scale is None and not np.isfinite(probabilities).all():
             raise errors.ModelError(
                 f"{self.path.name} produced NaN or infinite outputs: its weights are broken. "
                 "Re-export it with `edgekit export`."
@@ -131,6 +141,12 @@ class LoadedModel:
 
     def _check_contract(self) -> None:
         for role, tensor in (("input", self.input), ("output", self.output)):
+            if tensor.scale is not None and not (np.isfinite(tensor.scale) and tensor.scale > 0):
+                raise errors.ModelError(
+                    f"{self.path.name}: {role} tensor {tensor.name} has quantisation scale "
+                    f"{tensor.scale}, which is not a positive number: the file is damaged. "
+                    "Re-export it with `edgekit export`."
+                )
             quantized = tensor.dtype in ("uint8", "int8") and bool(tensor.scale)
             if tensor.dtype not in ("float32", "float16") and not quantized:
                 raise errors.ModelError(
