@@ -77,13 +77,26 @@ def benchmark_section(benchmark: dict) -> str:
     from edgekit import benchmark as benchmark_module
 
     machine = benchmark["machine"]
+    size = benchmark["matmul"]["size"]
+    rates = [row["matmul"]["gflops"] for row in benchmark["rows"] if row.get("matmul")]
     lines = [f"Measured on {machine['cpu']}, {machine['cpus']} CPUs (AVX2 {machine['avx2']}, "
              f"VNNI {machine['vnni']}); float32 matmul rate {benchmark['matmul']['gflops']:.1f} "
-             f"GFLOP/s; model {benchmark['macs_per_image']:,} MACs per image; batch "
+             f"GFLOP/s (best of the run; {min(rates):.1f}–{max(rates):.1f} around the rows); "
+             f"model {benchmark['macs_per_image']:,} MACs per image; batch "
              f"{benchmark['config']['batch_size']}; latency in ms, throughput in images/s, "
-             "% of the matmul rate = throughput × MACs × 2 / rate. The rate is the best of 10 "
-             f"{benchmark['matmul']['size']}×{benchmark['matmul']['size']} products (numpy's "
-             "BLAS, all threads); `× predict` is Keras `model.predict`'s single-image p50 over "
+             "% of the matmul rate = throughput × MACs × 2 / rate. Each row's rate "
+             "(`matmul GFLOP/s`) is the best of the "
+             f"{size}×{size} products (numpy's BLAS, all threads) timed just before and just "
+             "after that row's batches, because this machine's speed drifts from second to "
+             "second; every measurement starts once the last one's spinning worker threads "
+             "have gone quiet. Single-image latency: the models take turns, "
+             f"{benchmark_module.SINGLE_ROUNDS} rounds of "
+             f"{-(-benchmark['config']['single_runs'] // benchmark_module.SINGLE_ROUNDS)} "
+             "timed calls each, every turn after at least "
+             f"{benchmark['config'].get('warmup_seconds', 0):.1f} s of warm-up calls (as "
+             "TFLite's benchmark_model; after an idle moment the first calls run slower), and "
+             "p50/p90/p99 pool a model's turns, so no row rests on one slow or fast stretch. "
+             "`× predict` is Keras `model.predict`'s single-image p50 over "
              "the row's; `batch img/s` and `% matmul` use the mean over the timed "
              "seconds, `best img/s` and `best %` the best single batch (the same estimator as "
              "the rate: on this shared machine other tenants' load drags a mean, not a best-of); "

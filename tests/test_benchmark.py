@@ -1,6 +1,7 @@
 """The benchmark's structure and arithmetic (never a speed: this machine is shared)."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,42 @@ def test_matmul_rate_is_positive():
     result = benchmark.matmul_rate(128, repeats=2)
     assert result["gflops"] > 0 and result["size"] == 128
     assert result["gflops"] >= result["gflops_median"] > 0
+    assert len(result["seconds"]) == 2
+
+
+def test_rates_pool_every_product():
+    first = benchmark.rate_of(1000, [0.02, 0.04, 0.05])
+    assert first["gflops"] == pytest.approx(2e9 / 0.02 / 1e9)
+    assert first["gflops_median"] == pytest.approx(2e9 / 0.04 / 1e9)
+    pooled = benchmark.pooled_rate([first, benchmark.rate_of(1000, [0.01, 0.03])])
+    assert pooled["best_seconds"] == 0.01 and pooled["median_seconds"] == 0.03
+    assert pooled["seconds"] == [0.02, 0.04, 0.05, 0.01, 0.03]
+
+
+def test_bracketed_measures_the_rate_before_and_after(monkeypatch):
+    events = []
+    monkeypatch.setattr(benchmark, "settle", lambda: events.append("settle"))
+    monkeypatch.setattr(benchmark, "matmul_rate", lambda size, repeats: (
+        events.append(f"matmul {size}x{repeats}"),
+        benchmark.rate_of(size, [0.5] * repeats if len(events) < 3 else [0.25] * repeats))[1])
+    result, rate = benchmark.bracketed(lambda: events.append("measure") or {"done": True},
+                                       benchmark.BenchmarkConfig(matmul_size=100))
+    assert result == {"done": True}
+    assert events == ["settle", "matmul 100x5", "settle", "measure", "settle", "matmul 100x5",
+                      "settle"]
+    assert rate["best_seconds"] == 0.25 and len(rate["seconds"]) == 10
+
+
+def test_settle_waits_for_spinning_threads_to_stop(monkeypatch):
+    # This process's CPU clock: a busy worker for the first three windows, then idle.
+    clock = iter([0.0, 0.02, 0.02, 0.04, 0.04, 0.06, 0.06, 0.061, 0.061, 0.061])
+    monkeypatch.setattr(benchmark, "own_cpu_seconds", lambda: next(clock))
+    monkeypatch.setattr(benchmark.time, "sleep", lambda seconds: None)
+    benchmark.settle(window_seconds=0.02)
+    assert next(clock) == 0.061  # four windows read: three busy, one quiet, then it stopped
+    # Where the CPU clock is unknown it does not wait.
+    monkeypatch.setattr(benchmark, "own_cpu_seconds", lambda: None)
+    assert benchmark.settle() < 0.5
 
 
 def test_speedup_over_predict_is_a_ratio_of_p50s():
@@ -112,8 +149,10 @@ def test_released_benchmark_report(exported):
         single = row["single"]
         assert single["p50_ms"] <= single["p90_ms"] <= single["p99_ms"], name
         macs = macs_of[name.split("/")[0]] if "/" in name else report["macs_per_image"]
+        # Each row's fraction is against the matmul rate measured around its own batches.
+        assert row["matmul"]["gflops"] <= report["matmul"]["gflops"], name
         expected = (row["batched"]["images_per_second"] * macs * 2
-                    / (report["matmul"]["gflops"] * 1e9))
+                    / (row["matmul"]["gflops"] * 1e9))
         assert row["fraction_of_matmul_rate"] == pytest.approx(expected), name
         batched = row["batched"]
         assert batched["best_images_per_second"] >= batched["median_images_per_second"] > 0, name
@@ -133,14 +172,23 @@ def test_benchmark_cli_on_a_copy(exported_copy):
     from conftest import run_cli
 
     result = run_cli("benchmark", str(exported_copy), "--runs", "10", "--seconds", "0.1",
-                     "--no-keras")
+                     "--warmup", "0.05", "--no-keras")
     assert result.returncode == 0, result.stderr
     report = json.loads((exported_copy / "reports" / "benchmark.json").read_text())
     assert len(report["rows"]) == 6
+    assert report["config"]["warmup_seconds"] == 0.05
+    for row in report["rows"]:  # 10 single-image runs in SINGLE_ROUNDS turns
+        assert row["single"]["runs"] == 10 and row["single"]["rounds"] == benchmark.SINGLE_ROUNDS
     assert "model_int8.tflite" in result.stdout
-    # How busy the machine was with other work, for the run, the matmul rate and every row.
-    for load in [report["machine_load"], report["matmul"]["machine_load"],
-                 *(row["machine_load"] for row in report["rows"])]:
+    # Every row carries the rate measured before and after its batches (two blocks of
+    # MATMUL_BRACKET_REPEATS products); the run's rate pools them all.
+    for row in report["rows"]:
+        assert len(row["matmul"]["seconds"]) == 2 * benchmark.MATMUL_BRACKET_REPEATS
+    pooled = [second for row in report["rows"] for second in row["matmul"]["seconds"]]
+    assert report["matmul"]["best_seconds"] == min(pooled)
+    assert "matmul GFLOP/s" in result.stdout
+    # How busy the machine was with other work, for the run and every row.
+    for load in [report["machine_load"], *(row["machine_load"] for row in report["rows"])]:
         assert 0.0 <= load["others"] <= 1.0 and 0.0 <= load["own"] <= 1.0 and load["cpu_seconds"] > 0
     assert "others %" in result.stdout and "of the machine's CPU time during the run" in result.stdout
 
@@ -149,7 +197,7 @@ def test_benchmark_compares_another_release_in_the_same_run(exported_copy, expor
     from conftest import run_cli
 
     result = run_cli("benchmark", str(exported_copy), "--compare", str(exported), "--runs", "10",
-                     "--seconds", "0.1", "--no-keras")
+                     "--seconds", "0.1", "--warmup", "0.05", "--no-keras")
     assert result.returncode == 0, result.stderr
     report = json.loads((exported_copy / "reports" / "benchmark.json").read_text())
     manifest = json.loads((exported / "manifest.json").read_text())
@@ -174,7 +222,7 @@ def test_benchmark_compares_another_release_in_the_same_run(exported_copy, expor
 def test_time_alternating_interleaves_the_calls():
     seen = []
     calls = [lambda image, name=name: seen.append(name) for name in "ab"]
-    config = benchmark.BenchmarkConfig(single_runs=10, warmup_runs=2)
+    config = benchmark.BenchmarkConfig(single_runs=10, warmup_runs=2, warmup_seconds=0.0)
     first, second = benchmark.time_alternating(calls, np.zeros((3, 28, 28, 1), np.float32), config)
     assert first["runs"] == second["runs"] == 10
     # warm-up a b a b, then rounds in alternating order: a b, b a, a b, ...
@@ -190,3 +238,29 @@ def test_benchmark_compare_with_a_missing_folder_is_an_error_line(exported_copy,
                      "--runs", "10", "--seconds", "0.1", "--no-keras")
     assert result.returncode == 1
     assert result.stderr.startswith("Error:") and "Traceback" not in result.stderr
+
+
+
+def test_warm_up_lasts_a_count_and_a_time():
+    calls = []
+    images = np.zeros((3, 28, 28, 1), np.uint8)
+    counted = benchmark.BenchmarkConfig(warmup_runs=3, warmup_seconds=0.0)
+    assert benchmark.warm_up(calls.append, images, counted) == 3 == len(calls)
+    timed = benchmark.BenchmarkConfig(warmup_runs=0, warmup_seconds=0.05)
+    done = benchmark.warm_up(lambda image: time.sleep(0.01), images, timed)
+    assert 5 <= done <= 6  # 0.05 s of 0.01 s calls (sleep never returns early)
+    with pytest.raises(ValueError):
+        benchmark.BenchmarkConfig(warmup_seconds=-1.0)
+
+
+def test_single_image_rounds_take_turns():
+    seen, pauses = [], []
+    calls = [lambda image, name=name: seen.append(name) for name in "ab"]
+    config = benchmark.BenchmarkConfig(single_runs=10, warmup_runs=2, warmup_seconds=0.0)
+    first, second = benchmark.time_single_in_rounds(
+        calls, np.zeros((3, 28, 28, 1), np.uint8), config, rounds=3,
+        pause=lambda: pauses.append(len(seen)))
+    assert first["runs"] == second["runs"] == 10  # turns of 4, 4 and 2 calls
+    # Each turn: a pause, 2 warm-up calls, the timed calls; the order reverses every round.
+    assert "".join(seen) == "a" * 6 + "b" * 6 + "b" * 6 + "a" * 6 + "a" * 4 + "b" * 4
+    assert pauses == [0, 6, 12, 18, 24, 28]

@@ -8,13 +8,14 @@ TensorFlow is installed) and the optional plots (only when matplotlib is install
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import os
 import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -22,6 +23,7 @@ from edgekit import data, fileio, runtime
 from edgekit import manifest as manifest_module
 
 REPORT_JSON = "benchmark.json"
+Measured = TypeVar("Measured")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +31,9 @@ class BenchmarkConfig:
     batch_size: int = 256
     single_runs: int = 300
     warmup_runs: int = 20
+    # Single-image warm-up lasts at least this long, as in TFLite's benchmark_model
+    # (--warmup_min_secs, default 0.5).
+    warmup_seconds: float = 0.5
     batched_seconds: float = 3.0
     threads: int | None = None
     matmul_size: int = 2048  # numpy's BLAS is nearer its peak at 2048 than at 1024 here
@@ -41,6 +46,8 @@ class BenchmarkConfig:
             raise ValueError("batch size >= 1, single runs >= 10, warm-up runs >= 0")
         if self.batched_seconds <= 0:
             raise ValueError("batched seconds must be positive")
+        if self.warmup_seconds < 0:
+            raise ValueError("warm-up seconds must not be negative")
 
 
 def percentiles(samples_seconds: list[float]) -> dict[str, float]:
@@ -51,10 +58,25 @@ def percentiles(samples_seconds: list[float]) -> dict[str, float]:
             "mean_ms": float(values.mean()), "runs": int(len(values))}
 
 
+def warm_up(call: Callable[[np.ndarray], Any], images: np.ndarray,
+            config: BenchmarkConfig) -> int:
+    """Single-image calls until ``warmup_runs`` are done and ``warmup_seconds`` have passed.
+
+    A count alone is not enough here: after the machine has idled for a few tens of
+    milliseconds, single-image calls run slow for a while (measured here, per block of 250
+    calls after 0.1 s idle: ONNX Runtime int8 0.159 ms first, 0.11-0.12 ms after about half
+    a second; fp32 0.145, then 0.12), so 20 calls (3 ms) measured mostly the ramp.
+    """
+    started, index = time.perf_counter(), 0
+    while index < config.warmup_runs or time.perf_counter() - started < config.warmup_seconds:
+        call(images[index % len(images)][None])
+        index += 1
+    return index
+
+
 def time_single(call: Callable[[np.ndarray], Any], images: np.ndarray,
                 config: BenchmarkConfig) -> dict[str, float]:
-    for index in range(config.warmup_runs):
-        call(images[index % len(images)][None])
+    warm_up(call, images, config)
     samples = []
     for index in range(config.single_runs):
         image = images[index % len(images)][None]
@@ -62,6 +84,41 @@ def time_single(call: Callable[[np.ndarray], Any], images: np.ndarray,
         call(image)
         samples.append(time.perf_counter() - started)
     return percentiles(samples)
+
+
+SINGLE_ROUNDS = 3
+
+
+def time_single_in_rounds(calls: list[Callable[[np.ndarray], Any]], images: np.ndarray,
+                          config: BenchmarkConfig, rounds: int = SINGLE_ROUNDS,
+                          pause: Callable[[], Any] | None = None) -> list[dict[str, float]]:
+    """Single-image latency of several models, each timed in ``rounds`` stretches in turn.
+
+    This machine has slower stretches of a few tenths of a second (the same file's p50 moved
+    from 0.09 to 0.18 ms between consecutive blocks of 300 calls), so a row timed in one
+    stretch carries whichever it hit. Here the models take turns, ``rounds`` times, each
+    turn ``config.single_runs / rounds`` calls after ``pause`` (default ``settle``) and a
+    full ``warm_up``; a row's percentiles pool its turns, and the order reverses every round.
+    Turns, not single calls: alternating call by call puts one model's spinning workers
+    beside the other's work and evicts its weights from the caches.
+    """
+    pause = settle if pause is None else pause
+    samples: list[list[float]] = [[] for _ in calls]
+    per_turn = -(-config.single_runs // rounds)
+    order = list(range(len(calls)))
+    for round_index in range(rounds):
+        start = round_index * per_turn
+        count = min(per_turn, config.single_runs - start)
+        for which in order:
+            pause()
+            warm_up(calls[which], images, config)
+            for index in range(start, start + count):
+                image = images[index % len(images)][None]
+                started = time.perf_counter()
+                calls[which](image)
+                samples[which].append(time.perf_counter() - started)
+        order.reverse()
+    return [percentiles(values) for values in samples]
 
 
 def time_alternating(calls: list[Callable[[np.ndarray], Any]], images: np.ndarray,
@@ -73,9 +130,11 @@ def time_alternating(calls: list[Callable[[np.ndarray], Any]], images: np.ndarra
     second, so their ratio holds far better than that of separately measured blocks. The
     order alternates every round so that no model always runs right after another.
     """
-    for index in range(config.warmup_runs):
+    started, index = time.perf_counter(), 0
+    while index < config.warmup_runs or time.perf_counter() - started < config.warmup_seconds:
         for call in calls:
             call(images[index % len(images)][None])
+        index += 1
     samples: list[list[float]] = [[] for _ in calls]
     order = list(range(len(calls)))
     for index in range(config.single_runs):
@@ -112,7 +171,7 @@ def time_batched(call: Callable[[np.ndarray], Any], images: np.ndarray,
             "median_images_per_second": len(batch) / float(np.median(calls))}
 
 
-def matmul_rate(size: int, repeats: int = 10) -> dict[str, float]:
+def matmul_rate(size: int, repeats: int = 10) -> dict[str, Any]:
     """This machine's float32 matrix-multiply rate (numpy's BLAS, all its threads)."""
     rng = np.random.default_rng(0)
     left = rng.standard_normal((size, size), dtype=np.float32)
@@ -123,10 +182,76 @@ def matmul_rate(size: int, repeats: int = 10) -> dict[str, float]:
         started = time.perf_counter()
         left @ right
         seconds.append(time.perf_counter() - started)
+    return rate_of(size, seconds)
+
+
+def rate_of(size: int, seconds: list[float]) -> dict[str, Any]:
+    """Best and median GFLOP/s of ``size``-square products that took ``seconds`` each."""
     best, median = min(seconds), float(np.median(seconds))
     flops = 2.0 * size**3
     return {"size": size, "best_seconds": best, "median_seconds": median,
-            "gflops": flops / best / 1e9, "gflops_median": flops / median / 1e9}
+            "gflops": flops / best / 1e9, "gflops_median": flops / median / 1e9,
+            "seconds": list(seconds)}
+
+
+def pooled_rate(rates: list[dict[str, Any]]) -> dict[str, Any]:
+    """One rate from several measurements of the same size: every product's time pooled."""
+    return rate_of(rates[0]["size"], [second for rate in rates for second in rate["seconds"]])
+
+
+def own_cpu_seconds() -> float | None:
+    """CPU seconds this process has used so far, all threads (None where unknown)."""
+    try:
+        import resource  # Unix only
+    except ImportError:
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def settle(limit_seconds: float = 1.0, window_seconds: float = 0.02) -> float:
+    """Wait until the worker threads of the last measurement stop spinning; seconds waited.
+
+    BLAS and ONNX Runtime keep idle workers busy-waiting after a call so that the next one
+    starts at once. Measured here, OpenBLAS burns about 0.11 s of a core after a matmul and
+    ONNX Runtime about 0.04 s after a run. On a 2-core machine that takes one of the two
+    cores from whatever is measured next (before this wait, the first artifact's
+    single-image p50 ran right after the matmul and came out slowest of all). So each
+    measurement starts once this process has used under a quarter of a core over a short
+    window, or after ``limit_seconds``.
+    """
+    started = time.perf_counter()
+    while time.perf_counter() - started < limit_seconds:
+        before = own_cpu_seconds()
+        time.sleep(window_seconds)
+        after = own_cpu_seconds()
+        if before is None or after is None or after - before < 0.25 * window_seconds:
+            break
+    return time.perf_counter() - started
+
+
+MATMUL_BRACKET_REPEATS = 5
+
+
+def bracketed(measure: Callable[[], Measured],
+              config: BenchmarkConfig) -> tuple[Measured, dict[str, Any]]:
+    """Run ``measure`` between two matmul-rate measurements: its result and the rate.
+
+    This machine's rate drifts from one second to the next (measured here: 143 to 184
+    GFLOP/s between consecutive one-second blocks), with host-side load on the shared
+    caches, memory and clock, for the matmul and the models alike. So a throughput is
+    compared with the rate measured right before and right after it, not with one measured
+    a minute earlier. Only whole blocks alternate: timed call by call in turn, each 48 MB
+    product evicts the model's working set from the caches and lowers the model's rate.
+    """
+    settle()
+    before = matmul_rate(config.matmul_size, MATMUL_BRACKET_REPEATS)
+    settle()
+    result = measure()
+    settle()
+    after = matmul_rate(config.matmul_size, MATMUL_BRACKET_REPEATS)
+    settle()
+    return result, pooled_rate([before, after])
 
 
 def fraction_of_peak(images_per_second: float, macs_per_image: int, gflops: float) -> float:
@@ -205,6 +330,12 @@ def reset_peak_memory() -> bool:
 
 
 def measure_artifact(path: Path, images: np.ndarray, config: BenchmarkConfig) -> dict[str, Any]:
+    """One artifact's row, between two measurements of the matmul rate (``bracketed``)."""
+    measured, rate = bracketed(lambda: _measure_model(path, images, config), config)
+    return {**measured, "matmul": rate}
+
+
+def _measure_model(path: Path, images: np.ndarray, config: BenchmarkConfig) -> dict[str, Any]:
     gc.collect()
     resettable = reset_peak_memory()
     before = _read_status("VmRSS")
@@ -212,13 +343,11 @@ def measure_artifact(path: Path, images: np.ndarray, config: BenchmarkConfig) ->
     started = time.perf_counter()
     model = runtime.load(path, threads=config.threads)
     load_seconds = time.perf_counter() - started
-    single = time_single(model.predict, images, config)
     batched = time_batched(model.predict, images, config)
     peak = _read_status("VmHWM") if resettable else None
     return {
         "machine_load": machine_load(snapshot, cpu_snapshot()),
         "load_seconds": load_seconds,
-        "single": single,
         "batched": batched,
         "peak_rss_mb": peak,
         "peak_rss_increase_mb": None if peak is None or before is None else peak - before,
@@ -245,11 +374,14 @@ def keras_baselines(model_path: Path, images: np.ndarray,
     def direct(x: np.ndarray) -> Any:
         return np.asarray(model(x.astype(np.float32), training=False))
 
+    def measure(call: Callable[[np.ndarray], Any]) -> tuple[dict[str, float], dict[str, Any]]:
+        return time_single(call, as_float, small), time_batched(call, as_float, config)
+
     baselines = {}
     for name, call in (("keras model.predict", predict), ("keras direct call", direct)):
         snapshot = cpu_snapshot()
-        single, batched = time_single(call, as_float, small), time_batched(call, as_float, config)
-        baselines[name] = {"single": single, "batched": batched,
+        (single, batched), rate = bracketed(functools.partial(measure, call), config)
+        baselines[name] = {"single": single, "batched": batched, "matmul": rate,
                            "machine_load": machine_load(snapshot, cpu_snapshot())}
     return baselines
 
@@ -266,25 +398,22 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
     others = [(Path(other), manifest_module.load(Path(other))) for other in compare]
     images = bench_images(folder, manifest, data_dir)
     run_snapshot = cpu_snapshot()
-    echo(f"measuring the float32 matmul rate ({config.matmul_size}x{config.matmul_size})")
-    snapshot = cpu_snapshot()
-    peak = matmul_rate(config.matmul_size)
-    peak_load = machine_load(snapshot, cpu_snapshot())
     reference = manifest.get("reference") or {}
     macs = int(reference.get("macs_per_image") or 0)
-    rows = release_rows(folder, manifest, images, config, peak, echo)
+    rows = release_rows(folder, manifest, images, config, echo)
     if config.keras and reference.get("file"):
         echo("benchmarking the Keras baselines")
         baselines = keras_baselines(folder / reference["file"], images, config)
         for name, measured in (baselines or {}).items():
             rows.append(row(name, "keras", "fp32", "tensorflow", reference.get("bytes", 0),
-                            reference.get("test_accuracy"), measured, macs, peak,
+                            reference.get("test_accuracy"), measured, macs,
                             model=reference.get("architecture")))
     paired = []
     for other, other_manifest in others:
-        rows += release_rows(other, other_manifest, images, config, peak, echo, prefix=other.name)
+        rows += release_rows(other, other_manifest, images, config, echo, prefix=other.name)
         paired += paired_latency(folder, manifest, other, other_manifest, images, config, echo)
     echo("timing `edgekit predict` on one image from a cold start")
+    settle()
     cold_start = predict_cold_start(folder, images[0])
     sweep_rows = sweep(folder, manifest, images, config, echo) if config.sweep else None
     training_rates = training_throughput(folder, echo) if config.training else None
@@ -297,7 +426,8 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
         "sweep": sweep_rows,
         "machine": machine(),
         "config": dataclasses.asdict(config),
-        "matmul": {**peak, "machine_load": peak_load},
+        # Every row's rate pooled: the best product of the whole run, and the median.
+        "matmul": pooled_rate([item["matmul"] for item in rows]),
         "macs_per_image": macs,
         "compared": [compared_release(other, other_manifest) for other, other_manifest in others],
         "paired_latency": paired,
@@ -328,6 +458,7 @@ def paired_latency(folder: Path, manifest: dict[str, Any], other: Path,
         echo(f"timing {entry['file']} against {other.name}/{entry['file']}, call by call in turn")
         ours = runtime.load(manifest_module.safe_file(folder, entry["file"]), threads=config.threads)
         compared = runtime.load(manifest_module.safe_file(other, entry["file"]), threads=config.threads)
+        settle()
         snapshot = cpu_snapshot()
         mine, other_single = time_alternating([ours.predict, compared.predict], images, config)
         pairs.append({"file": entry["file"], "compared": other.name, "single": mine,
@@ -348,7 +479,7 @@ def paired_table(result: dict[str, Any]) -> list[str]:
 
 
 def release_rows(folder: Path, manifest: dict[str, Any], images: np.ndarray,
-                 config: BenchmarkConfig, peak: dict[str, float], echo: Callable[[str], None],
+                 config: BenchmarkConfig, echo: Callable[[str], None],
                  prefix: str | None = None) -> list[dict[str, Any]]:
     """One measured row per artifact of one release folder."""
     reference = manifest.get("reference") or {}
@@ -360,24 +491,34 @@ def release_rows(folder: Path, manifest: dict[str, Any], images: np.ndarray,
         measured = measure_artifact(manifest_module.safe_file(folder, entry["file"]), images, config)
         rows.append(row(name, entry["format"], entry["precision"],
                         entry.get("runtime", entry["format"]), entry["bytes"],
-                        (entry.get("metrics") or {}).get("accuracy"), measured, macs, peak,
+                        (entry.get("metrics") or {}).get("accuracy"), measured, macs,
                         model=reference.get("architecture")))
+    echo(f"timing single images: {len(rows)} models taking turns, {SINGLE_ROUNDS} rounds")
+    models = [runtime.load(manifest_module.safe_file(folder, entry["file"]), threads=config.threads)
+              for entry in manifest["artifacts"]]
+    snapshot = cpu_snapshot()
+    singles = time_single_in_rounds([model.predict for model in models], images, config)
+    load = machine_load(snapshot, cpu_snapshot())
+    for item, single in zip(rows, singles, strict=True):
+        item["single"] = {**single, "rounds": SINGLE_ROUNDS, "machine_load": load}
     return rows
 
 
 def row(name: str, export_format: str, precision: str, runtime_name: str, size: int,
         accuracy: float | None, measured: dict[str, Any], macs: int,
-        peak: dict[str, float], model: str | None = None) -> dict[str, Any]:
+        model: str | None = None) -> dict[str, Any]:
+    """One table row; its fractions use the matmul rate measured around its own batches."""
     throughput = measured["batched"]["images_per_second"]
     best = measured["batched"]["best_images_per_second"]
+    gflops = measured["matmul"]["gflops"]
     return {
         "artifact": name, "model": model, "format": export_format, "precision": precision,
         "runtime": runtime_name, "bytes": size, "accuracy": accuracy,
         **measured,
         # mean throughput over the best matmul (conservative) and best call over best matmul
         # (the same estimator on both sides).
-        "fraction_of_matmul_rate": fraction_of_peak(throughput, macs, peak["gflops"]) if macs else None,
-        "best_fraction_of_matmul_rate": fraction_of_peak(best, macs, peak["gflops"]) if macs else None,
+        "fraction_of_matmul_rate": fraction_of_peak(throughput, macs, gflops) if macs else None,
+        "best_fraction_of_matmul_rate": fraction_of_peak(best, macs, gflops) if macs else None,
     }
 
 
@@ -424,6 +565,7 @@ def sweep(folder: Path, manifest: dict[str, Any], images: np.ndarray, config: Be
                 model = runtime.load(path, threads=threads,
                                      xnnpack=mode if mode != "n/a" else "default")
                 for batch in SWEEP_BATCHES:
+                    settle()
                     measured = time_batched(model.predict, images,
                                             dataclasses.replace(short, batch_size=batch))
                     rows.append({"artifact": entry["file"], "precision": entry["precision"],
@@ -552,7 +694,8 @@ def speedup_over_predict(result: dict[str, Any], item: dict[str, Any]) -> float 
 
 def table(result: dict[str, Any]) -> list[str]:
     lines = [f"| {'artifact':<30} | {'size':>9} | {'accuracy':>8} | {'load ms':>7} | {'p50 ms':>7} | "
-             f"{'p90 ms':>7} | {'p99 ms':>7} | {'× predict':>9} | {'batch img/s':>11} | {'% matmul':>8} | "
+             f"{'p90 ms':>7} | {'p99 ms':>7} | {'× predict':>9} | {'batch img/s':>11} | "
+             f"{'matmul GFLOP/s':>14} | {'% matmul':>8} | "
              f"{'best img/s':>10} | {'best %':>6} | {'peak MB':>7} | {'others %':>8} |"]
     lines.append("|" + "|".join("-" * (len(cell)) for cell in lines[0].split("|")[1:-1]) + "|")
     for item in result["rows"]:
@@ -561,6 +704,7 @@ def table(result: dict[str, Any]) -> list[str]:
         fraction = item.get("fraction_of_matmul_rate")
         best_fraction = item.get("best_fraction_of_matmul_rate")
         best = item["batched"].get("best_images_per_second")
+        rate = (item.get("matmul") or {}).get("gflops")
         peak = item.get("peak_rss_mb")
         speedup = speedup_over_predict(result, item)
         disturbed = elsewhere(item.get("machine_load"))
@@ -570,6 +714,7 @@ def table(result: dict[str, Any]) -> list[str]:
             f"{item['single']['p99_ms']:>7.3f} | "
             f"{(f'{speedup:,.0f}×' if speedup is not None else '—'):>9} | "
             f"{item['batched']['images_per_second']:>11,.0f} | "
+            f"{(f'{rate:.1f}' if rate is not None else '—'):>14} | "
             f"{(f'{fraction:.1%}' if fraction is not None else '—'):>8} | "
             f"{(f'{best:,.0f}' if best is not None else '—'):>10} | "
             f"{(f'{best_fraction:.1%}' if best_fraction is not None else '—'):>6} | "

@@ -346,6 +346,9 @@ def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | Non
               show_default=True, help="Timed single-image runs per artifact.")
 @click.option("--seconds", "batched_seconds", type=click.FloatRange(0.1, 600), default=3.0,
               show_default=True, help="Duration of the batched measurement per artifact.")
+@click.option("--warmup", "warmup_seconds", type=click.FloatRange(0, 60), default=0.5,
+              show_default=True,
+              help="Seconds of untimed single-image calls before each timed turn.")
 @click.option("--no-keras", is_flag=True, help="Skip the Keras baselines.")
 @click.option("--sweep", is_flag=True,
               help="Also measure throughput over threads, batch sizes and LiteRT XNNPACK modes.")
@@ -358,19 +361,21 @@ def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | Non
 @data_dir_option
 @friendly_errors
 def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: int,
-              batched_seconds: float, no_keras: bool, sweep: bool, training: bool,
-              compare: tuple[Path, ...], data_dir: Path | None) -> None:
+              batched_seconds: float, warmup_seconds: float, no_keras: bool, sweep: bool,
+              training: bool, compare: tuple[Path, ...], data_dir: Path | None) -> None:
     """Latency, throughput, load time, memory and size of every artifact, in one run."""
     from edgekit import benchmark as benchmark_module
 
     config = config_or_bad_parameter(
         benchmark_module.BenchmarkConfig, batch_size=batch_size, threads=threads,
-        single_runs=single_runs, batched_seconds=batched_seconds, keras=not no_keras,
+        single_runs=single_runs, batched_seconds=batched_seconds,
+        warmup_seconds=warmup_seconds, keras=not no_keras,
         training=training, sweep=sweep)
     result = benchmark_module.run(folder, config, data_dir=str(data_dir) if data_dir else None,
                                   echo=click.echo, compare=compare)
     click.echo("")
-    click.echo(f"float32 matmul rate: {result['matmul']['gflops']:.1f} GFLOP/s; model: "
+    click.echo(f"float32 matmul rate: {result['matmul']['gflops']:.1f} GFLOP/s (best of the run; "
+               "each row's % uses the rate measured around its own batches); model: "
                f"{result['macs_per_image']:,} MACs per image")
     for line in benchmark_module.table(result):
         click.echo(line)
