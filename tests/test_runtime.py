@@ -140,3 +140,31 @@ def test_onnx_checker_where_installed(tmp_path):
     with pytest.raises(errors.ModelError, match="onnx.checker"):
         runtime.check_onnx_graph(broken)
     runtime.check_onnx_graph(ROOT / "exported" / "model_int8.onnx")  # a good file passes
+
+
+def test_dequantize_is_float32_and_exact():
+    info = runtime.TensorInfo("p", "int8", [None, 10], scale=1 / 256, zero_point=-128)
+    values = np.array([[-128, 0, 127]], dtype=np.int8)
+    result = runtime.dequantize(values, info)
+    assert result.dtype == np.float32
+    assert result.tolist() == [[0.0, 0.5, 255 / 256]]
+    floats = np.array([[0.25]], dtype=np.float32)
+    assert runtime.dequantize(floats, runtime.TensorInfo("p", "float32", [None, 1])) is floats
+
+
+def test_uint8_pixels_pass_the_check_unchanged():
+    pixels = np.zeros((2, 28, 28, 1), np.uint8)
+    assert runtime.check_pixels(pixels) is pixels  # the single-image path does no work
+    with pytest.raises(ValueError, match="no images"):
+        runtime.check_pixels(np.zeros((0, 28, 28, 1), np.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        runtime.check_pixels(np.zeros((2, 28, 28, 3), np.uint8))
+
+
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -0.5])
+def test_a_damaged_quantisation_scale_is_refused(tmp_path, scale):
+    model = runtime.LoadedModel(tmp_path / "model.tflite", None, LABELS)
+    model.input = runtime.TensorInfo("pixels", "int8", [1, 28, 28, 1], scale=1.0, zero_point=-128)
+    model.output = runtime.TensorInfo("probabilities", "int8", [1, 10], scale=scale, zero_point=-128)
+    with pytest.raises(errors.ModelError, match="not a positive number"):
+        model._check_contract()
