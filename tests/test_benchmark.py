@@ -264,3 +264,18 @@ def test_single_image_rounds_take_turns():
     # Each turn: a pause, 2 warm-up calls, the timed calls; the order reverses every round.
     assert "".join(seen) == "a" * 6 + "b" * 6 + "b" * 6 + "a" * 6 + "a" * 4 + "b" * 4
     assert pauses == [0, 6, 12, 18, 24, 28]
+
+
+def test_benchmark_of_a_release_without_models_is_an_error_line(exported_copy):
+    from conftest import run_cli
+
+    manifest_path = exported_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["artifacts"] = []
+    manifest_path.write_text(json.dumps(manifest))
+    before = sorted(path.name for path in exported_copy.rglob("*"))
+    result = run_cli("benchmark", str(exported_copy), "--no-keras")
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error:") and "no exported models" in result.stderr
+    assert "edgekit export" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(path.name for path in exported_copy.rglob("*")) == before  # nothing written

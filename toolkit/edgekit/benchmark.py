@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from edgekit import data, fileio, runtime
+from edgekit import data, errors, fileio, runtime
 from edgekit import manifest as manifest_module
 
 REPORT_JSON = "benchmark.json"
@@ -396,6 +396,10 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
     folder = Path(folder)
     manifest = manifest_module.load(folder)
     others = [(Path(other), manifest_module.load(Path(other))) for other in compare]
+    for release, listed in ((folder, manifest), *others):
+        if not listed["artifacts"]:
+            raise errors.ManifestError(f"{release} lists no exported models to benchmark; "
+                                       f"create them with `edgekit export --output-dir {release}`.")
     images = bench_images(folder, manifest, data_dir)
     run_snapshot = cpu_snapshot()
     reference = manifest.get("reference") or {}
