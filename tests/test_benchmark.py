@@ -1,7 +1,6 @@
 """The benchmark's structure and arithmetic (never a speed: this machine is shared)."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -240,15 +239,17 @@ def test_benchmark_compare_with_a_missing_folder_is_an_error_line(exported_copy,
     assert result.stderr.startswith("Error:") and "Traceback" not in result.stderr
 
 
-
-def test_warm_up_lasts_a_count_and_a_time():
+def test_warm_up_lasts_a_count_and_a_time(monkeypatch):
     calls = []
     images = np.zeros((3, 28, 28, 1), np.uint8)
     counted = benchmark.BenchmarkConfig(warmup_runs=3, warmup_seconds=0.0)
     assert benchmark.warm_up(calls.append, images, counted) == 3 == len(calls)
+    # A clock that advances 0.01 s per call: 0.05 s of warm-up is five calls.
+    clock = {"now": 0.0}
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: clock["now"])
     timed = benchmark.BenchmarkConfig(warmup_runs=0, warmup_seconds=0.05)
-    done = benchmark.warm_up(lambda image: time.sleep(0.01), images, timed)
-    assert 5 <= done <= 6  # 0.05 s of 0.01 s calls (sleep never returns early)
+    done = benchmark.warm_up(lambda image: clock.update(now=clock["now"] + 0.01), images, timed)
+    assert done == 5
     with pytest.raises(ValueError):
         benchmark.BenchmarkConfig(warmup_seconds=-1.0)
 

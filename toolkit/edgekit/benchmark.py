@@ -76,14 +76,8 @@ def warm_up(call: Callable[[np.ndarray], Any], images: np.ndarray,
 
 def time_single(call: Callable[[np.ndarray], Any], images: np.ndarray,
                 config: BenchmarkConfig) -> dict[str, float]:
-    warm_up(call, images, config)
-    samples = []
-    for index in range(config.single_runs):
-        image = images[index % len(images)][None]
-        started = time.perf_counter()
-        call(image)
-        samples.append(time.perf_counter() - started)
-    return percentiles(samples)
+    """One model's single-image latency: a warm-up, then ``config.single_runs`` timed calls."""
+    return time_single_in_rounds([call], images, config, rounds=1, pause=lambda: None)[0]
 
 
 SINGLE_ROUNDS = 3
@@ -130,11 +124,7 @@ def time_alternating(calls: list[Callable[[np.ndarray], Any]], images: np.ndarra
     second, so their ratio holds far better than that of separately measured blocks. The
     order alternates every round so that no model always runs right after another.
     """
-    started, index = time.perf_counter(), 0
-    while index < config.warmup_runs or time.perf_counter() - started < config.warmup_seconds:
-        for call in calls:
-            call(images[index % len(images)][None])
-        index += 1
+    warm_up(lambda image: [call(image) for call in calls], images, config)
     samples: list[list[float]] = [[] for _ in calls]
     order = list(range(len(calls)))
     for index in range(config.single_runs):
@@ -423,7 +413,7 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
     training_rates = training_throughput(folder, echo) if config.training else None
     result = {
         # Other processes' and other guests' share of the CPUs over the whole run; each row
-        # and the matmul rate carry their own ("machine_load").
+        # carries its own ("machine_load"), and its single-image turns theirs.
         "machine_load": machine_load(run_snapshot, cpu_snapshot()),
         "predict_cold_start": cold_start,
         "training": training_rates,
@@ -578,12 +568,17 @@ def sweep(folder: Path, manifest: dict[str, Any], images: np.ndarray, config: Be
     return rows
 
 
+def _by_setting(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
+    """Sweep throughput keyed by (artifact, XNNPACK mode, threads, batch size)."""
+    return {(row["artifact"], row["xnnpack"], row["threads"], row["batch_size"]):
+            row["images_per_second"] for row in rows}
+
+
 def sweep_table(rows: list[dict[str, Any]]) -> list[str]:
     settings = sorted({(row["threads"], row["batch_size"]) for row in rows})
     header = "| artifact | XNNPACK | " + " | ".join(f"{t} thr, batch {b}" for t, b in settings) + " |"
     lines = [header, "|---|---|" + "---|" * len(settings)]
-    keyed = {(row["artifact"], row["xnnpack"], row["threads"], row["batch_size"]):
-             row["images_per_second"] for row in rows}
+    keyed = _by_setting(rows)
     for artifact, mode in dict.fromkeys((row["artifact"], row["xnnpack"]) for row in rows):
         cells = [f"{keyed[(artifact, mode, t, b)]:,.0f}" for t, b in settings]
         lines.append(f"| {artifact} | {mode} | " + " | ".join(cells) + " |")
@@ -592,8 +587,7 @@ def sweep_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def int8_over_fp32(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per runtime (and XNNPACK mode), int8 throughput over fp32's in each swept setting."""
-    keyed = {(row["artifact"], row["xnnpack"], row["threads"], row["batch_size"]):
-             row["images_per_second"] for row in rows}
+    keyed = _by_setting(rows)
     pairs = (("model_int8.onnx", "model_fp32.onnx", "ONNX Runtime"),
              ("model_int8.tflite", "model_fp32.tflite", "LiteRT"))
     summary = []
