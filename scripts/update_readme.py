@@ -79,6 +79,7 @@ def benchmark_section(benchmark: dict) -> str:
     machine = benchmark["machine"]
     size = benchmark["matmul"]["size"]
     rates = [row["matmul"]["gflops"] for row in benchmark["rows"] if row.get("matmul")]
+    rounds = benchmark["rows"][0]["single"]["rounds"]  # as measured, not today's constant
     lines = [f"Measured on {machine['cpu']}, {machine['cpus']} CPUs (AVX2 {machine['avx2']}, "
              f"VNNI {machine['vnni']}); float32 matmul rate {benchmark['matmul']['gflops']:.1f} "
              f"GFLOP/s (best of the run; {min(rates):.1f}–{max(rates):.1f} around the rows); "
@@ -90,8 +91,7 @@ def benchmark_section(benchmark: dict) -> str:
              "after that row's batches, because this machine's speed drifts from second to "
              "second; every measurement starts once the last one's spinning worker threads "
              "have gone quiet. Single-image latency: the models take turns, "
-             f"{benchmark_module.SINGLE_ROUNDS} rounds of "
-             f"{-(-benchmark['config']['single_runs'] // benchmark_module.SINGLE_ROUNDS)} "
+             f"{rounds} rounds of {-(-benchmark['config']['single_runs'] // rounds)} "
              "timed calls each, every turn after at least "
              f"{benchmark['config'].get('warmup_seconds', 0):.1f} s of warm-up calls (as "
              "TFLite's benchmark_model; after an idle moment the first calls run slower), and "
@@ -111,7 +111,7 @@ def benchmark_section(benchmark: dict) -> str:
     if cold:
         lines += ["", f"`edgekit predict` on one image, a whole new process with the int8 TFLite "
                   f"model (no TensorFlow imported): {cold['median_seconds']:.2f} s wall "
-                  "(median of 5)."]
+                  f"(median of {len(cold['runs'])})."]
     training = benchmark.get("training")
     if training:
         pipeline = training["pipeline"]
