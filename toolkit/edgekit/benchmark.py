@@ -83,6 +83,11 @@ def time_single(call: Callable[[np.ndarray], Any], images: np.ndarray,
 SINGLE_ROUNDS = 3
 
 
+def calls_per_turn(single_runs: int, rounds: int) -> int:
+    """Timed calls in each of ``rounds`` turns (the last turn takes what is left)."""
+    return -(-single_runs // rounds)
+
+
 def time_single_in_rounds(calls: list[Callable[[np.ndarray], Any]], images: np.ndarray,
                           config: BenchmarkConfig, rounds: int = SINGLE_ROUNDS,
                           pause: Callable[[], Any] | None = None) -> list[dict[str, float]]:
@@ -98,7 +103,7 @@ def time_single_in_rounds(calls: list[Callable[[np.ndarray], Any]], images: np.n
     """
     pause = settle if pause is None else pause
     samples: list[list[float]] = [[] for _ in calls]
-    per_turn = -(-config.single_runs // rounds)
+    per_turn = calls_per_turn(config.single_runs, rounds)
     order = list(range(len(calls)))
     for round_index in range(rounds):
         start = round_index * per_turn
@@ -161,7 +166,7 @@ def time_batched(call: Callable[[np.ndarray], Any], images: np.ndarray,
             "median_images_per_second": len(batch) / float(np.median(calls))}
 
 
-def matmul_rate(size: int, repeats: int = 10) -> dict[str, Any]:
+def matmul_rate(size: int, repeats: int) -> dict[str, Any]:
     """This machine's float32 matrix-multiply rate (numpy's BLAS, all its threads)."""
     rng = np.random.default_rng(0)
     left = rng.standard_normal((size, size), dtype=np.float32)
