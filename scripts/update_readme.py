@@ -74,7 +74,7 @@ def parity_section(folder: Path) -> str:
 
 
 def benchmark_section(benchmark: dict) -> str:
-    from edgekit import benchmark as benchmark_module
+    from edgekit.device import benchmark as benchmark_module
 
     machine = benchmark["machine"]
     size = benchmark["matmul"]["size"]
@@ -152,7 +152,7 @@ def comparison_section(folder: Path, benchmark: dict) -> str | None:
             f"{int8['metrics']['accuracy']:.2%} | {human(int8['bytes'])} | "
             f"{latency['single']['p50_ms']:.3f} ms | {fastest['artifact'].split('/')[-1]} "
             f"{fastest['single']['p50_ms']:.3f} ms |")
-    from edgekit import benchmark as benchmark_module
+    from edgekit.device import benchmark as benchmark_module
 
     paired = benchmark_module.paired_table(benchmark)
     if paired:
@@ -208,7 +208,7 @@ def main() -> None:
     if comparison:
         text = replace(text, "comparison", comparison)
     if benchmark and benchmark.get("sweep"):
-        from edgekit import benchmark as benchmark_module
+        from edgekit.device import benchmark as benchmark_module
 
         sweep = benchmark["sweep"]
         text = replace(text, "sweep", "\n".join(

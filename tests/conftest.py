@@ -39,9 +39,9 @@ def exported() -> Path:
 
 @pytest.fixture(scope="session")
 def test_split():
-    from edgekit import data
+    from edgekit.device import datasets
 
-    return data.load_test()
+    return datasets.load_test()
 
 
 @pytest.fixture()

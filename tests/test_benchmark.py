@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit import benchmark
+from edgekit.device import benchmark
 
 
 def test_percentiles_are_ordered_and_in_milliseconds():

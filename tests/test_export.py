@@ -10,8 +10,9 @@ def test_fp16_tflite_keeps_the_first_convolution_in_float32(tmp_path):
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from edgekit import export, models, runtime
-    from edgekit.config import Quantization, TrainConfig
+    from edgekit.device import runtime
+    from edgekit.workstation import export, models
+    from edgekit.workstation.config import Quantization, TrainConfig
 
     model = models.build(TrainConfig.for_architecture("edge"))
     with export.quiet_native_output():
@@ -38,8 +39,9 @@ def test_fp16_tflite_keeps_the_first_convolution_in_float32(tmp_path):
 def test_tflite_flatten_has_a_constant_shape_and_any_batch_size(tmp_path):
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from edgekit import export, models, runtime
-    from edgekit.config import Quantization, TrainConfig
+    from edgekit.device import runtime
+    from edgekit.workstation import export, models
+    from edgekit.workstation.config import Quantization, TrainConfig
 
     model = models.build(TrainConfig())
     pixels = np.random.default_rng(1).integers(0, 256, (37, 28, 28, 1)).astype(np.float32)

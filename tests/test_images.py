@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, run_cli
-from edgekit import errors, images
+from edgekit import errors
+from edgekit.device import images
 
 
 @pytest.fixture(scope="module")

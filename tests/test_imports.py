@@ -27,8 +27,8 @@ def loaded_modules(body: str) -> set[str]:
 
 
 def test_runtime_import_is_tensorflow_free():
-    loaded = loaded_modules("import edgekit.runtime, edgekit.parity, edgekit.manifest, "
-                            "edgekit.images, edgekit.verify, edgekit.data")
+    loaded = loaded_modules("import edgekit.device.runtime, edgekit.device.parity, edgekit.manifest, "
+                            "edgekit.device.images, edgekit.device.verify, edgekit.device.datasets")
     assert not loaded & set(HEAVY), loaded & set(HEAVY)
 
 
@@ -50,8 +50,8 @@ from click.testing import CliRunner
 from edgekit import cli
 import numpy as np
 from PIL import Image
-from edgekit import data
-Image.fromarray(data.load_test().images[0, :, :, 0]).save('/tmp/edgekit-boot.png')
+from edgekit.device import datasets
+Image.fromarray(datasets.load_test().images[0, :, :, 0]).save('/tmp/edgekit-boot.png')
 for model in ('model_int8.tflite', 'model_fp32.onnx', 'model_int8.onnx', 'model_fp16.tflite'):
     r = CliRunner().invoke(cli.main, ['predict', '/tmp/edgekit-boot.png', '--model',
                                       '{EXPORTED}/' + model])

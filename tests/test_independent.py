@@ -1,12 +1,13 @@
 """Every artifact run by runtimes edgekit does not wrap — TensorFlow's own TFLite interpreter
-and ONNX's reference evaluator — agrees with edgekit.runtime and with the manifest."""
+and ONNX's reference evaluator — agrees with edgekit.device.runtime and with the manifest."""
 
 import importlib.util
 
 import numpy as np
 import pytest
 
-from edgekit import manifest, runtime
+from edgekit import manifest
+from edgekit.device import runtime
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("tensorflow") is None or importlib.util.find_spec("onnx") is None,

@@ -74,7 +74,7 @@ def test_labels_inside_the_files(exported):
         metadata = session.get_modelmeta().custom_metadata_map
         assert json.loads(metadata["labels"]) == list(LABELS)
         assert json.loads(metadata["input"])["dtype"] == "uint8"
-    from edgekit import tflite_metadata
+    from edgekit.device import tflite_metadata
 
     for name in ("model_fp32.tflite", "model_fp16.tflite", "model_dynamic.tflite",
                  "model_int8.tflite"):

@@ -3,13 +3,13 @@
 import pytest
 
 from conftest import requires_tensorflow
-from edgekit.config import RECIPES, Architecture, TrainConfig
+from edgekit.workstation.config import RECIPES, Architecture, TrainConfig
 
 pytestmark = requires_tensorflow
 
 
 def test_reference_shapes_and_parameters():
-    from edgekit import models
+    from edgekit.workstation import models
 
     model = models.build(TrainConfig())
     assert model.input_shape == (None, 28, 28, 1)
@@ -25,7 +25,7 @@ def test_reference_shapes_and_parameters():
 def test_reference_takes_raw_pixels():
     import numpy as np
 
-    from edgekit import models
+    from edgekit.workstation import models
 
     model = models.build(TrainConfig())
     ones = model(np.full((2, 28, 28, 1), 255.0, np.float32), training=False)
@@ -34,7 +34,7 @@ def test_reference_takes_raw_pixels():
 
 
 def test_edge_parameter_budget():
-    from edgekit import models
+    from edgekit.workstation import models
 
     config = TrainConfig.for_architecture("edge")
     model = models.build(config)
@@ -54,7 +54,7 @@ def test_edge_parameter_budget():
 
 
 def test_edge_stem_and_blocks():
-    from edgekit import models
+    from edgekit.workstation import models
 
     pooled = models.build(TrainConfig.for_architecture("edge", edge_stem="pool", edge_blocks=1))
     strided = models.build(TrainConfig.for_architecture("edge", edge_stem="stride2", edge_blocks=0))

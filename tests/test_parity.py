@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import ARTIFACTS, requires_tensorflow, run_cli
-from edgekit import errors, manifest, parity, runtime
-from edgekit import verify as verify_module
+from edgekit import errors, manifest
+from edgekit.device import parity, runtime
+from edgekit.device import verify as verify_module
 
 
 def pytest_generate_tests(metafunc):
@@ -56,7 +57,7 @@ def test_released_reference_accuracy(exported, reference):
 
 @requires_tensorflow
 def test_stored_reference_matches_the_keras_model(exported, reference):
-    from edgekit import evaluation
+    from edgekit.workstation import evaluation
 
     probabilities, test = reference
     model = evaluation.load_keras_model(exported / "model.keras")

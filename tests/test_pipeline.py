@@ -177,7 +177,8 @@ def test_export_killed_midway_leaves_the_release_intact(exported_copy):
     import sys
 
     from conftest import ROOT
-    from edgekit import fileio, manifest, runtime
+    from edgekit import fileio, manifest
+    from edgekit.device import runtime
 
     before = {path.name: fileio.sha256_of(path) for path in exported_copy.iterdir() if path.is_file()}
     process = subprocess.Popen(

@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from edgekit import errors, images, runtime
+from edgekit import errors
+from edgekit.device import images, runtime
 
 # derandomize: CI on a fresh clone explores the same examples every run (no flaky red).
 FAST = settings(max_examples=60, deadline=None, derandomize=True,

@@ -1,11 +1,12 @@
-"""edgekit.runtime on the committed artifacts: one predict() for every format."""
+"""edgekit.device.runtime on the committed artifacts: one predict() for every format."""
 
 import numpy as np
 import pytest
 
 from conftest import ARTIFACTS
-from edgekit import errors, runtime
+from edgekit import errors
 from edgekit.contract import LABELS
+from edgekit.device import runtime
 
 
 @pytest.fixture(scope="module")

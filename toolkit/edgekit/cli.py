@@ -86,9 +86,9 @@ def main() -> None:
 @friendly_errors
 def data_command(data_dir: Path | None, as_json: bool) -> None:
     """Find and check the dataset; show where it is, counts and class balance."""
-    from edgekit import data
+    from edgekit.device import datasets
 
-    summary = data.summary(data.load(data_dir))
+    summary = datasets.summary(datasets.load(data_dir))
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
@@ -131,9 +131,9 @@ def train(architecture: str, epochs: int | None, batch_size: int | None,
           config_file: Path | None, output_dir: Path, resume: bool, data_dir: Path | None) -> None:
     """Train a Keras model (validation split from the training data; test set untouched).
 
-    Defaults come from the architecture's recipe (see edgekit.config.RECIPES).
+    Defaults come from the architecture's recipe (see edgekit.workstation.config.RECIPES).
     """
-    from edgekit.config import TrainConfig
+    from edgekit.workstation.config import TrainConfig
 
     overrides: dict[str, Any] = {}
     if config_file is not None:
@@ -151,7 +151,7 @@ def train(architecture: str, epochs: int | None, batch_size: int | None,
         config = TrainConfig.for_architecture(architecture, **overrides)
     except (ValueError, TypeError) as error:
         raise click.BadParameter(str(error)) from None
-    from edgekit import training
+    from edgekit.workstation import training
 
     record = training.train(config, output_dir, data_dir=str(data_dir) if data_dir else None,
                             resume=resume)
@@ -180,11 +180,11 @@ def train(architecture: str, epochs: int | None, batch_size: int | None,
 def tune(architecture: str, method: str, max_trials: int, budget_minutes: float, epochs: int,
          limit: int | None, output_dir: Path, data_dir: Path | None) -> None:
     """Search hyperparameters with KerasTuner on the validation split, within a time budget."""
-    from edgekit.config import TrainConfig
+    from edgekit.workstation.config import TrainConfig
 
     base = config_or_bad_parameter(TrainConfig.for_architecture, architecture=architecture,
                                    epochs=epochs, limit=limit)
-    from edgekit import tune as tune_module
+    from edgekit.workstation import tune as tune_module
 
     result = tune_module.tune(base, output_dir, method=method, max_trials=max_trials,
                               budget_minutes=budget_minutes,
@@ -205,7 +205,7 @@ def tune(architecture: str, method: str, max_trials: int, budget_minutes: float,
 @friendly_errors
 def evaluate(model_path: Path, output_dir: Path | None, data_dir: Path | None) -> None:
     """Accuracy, loss, per-class report, confusion matrix and figures on the 10,000 test images."""
-    from edgekit import evaluation
+    from edgekit.workstation import evaluation
 
     output_dir = output_dir or model_path.parent / "reports"
     started = time.perf_counter()
@@ -237,11 +237,11 @@ def evaluate(model_path: Path, output_dir: Path | None, data_dir: Path | None) -
 def export(model_path: Path, export_format: str, quantize: tuple[str, ...], calibration_size: int,
            opset: int, output_dir: Path | None, data_dir: Path | None) -> None:
     """Export to TFLite (fp32, fp16, dynamic, int8) and ONNX (fp32, int8) with a manifest."""
-    from edgekit.config import ExportConfig
+    from edgekit.workstation.config import ExportConfig
 
     config = config_or_bad_parameter(ExportConfig, format=export_format, quantize=quantize,
                                      calibration_size=calibration_size, opset=opset)
-    from edgekit import export as export_module
+    from edgekit.workstation import export as export_module
 
     output_dir = output_dir or model_path.parent
     artifacts = export_module.export(model_path, output_dir, config,
@@ -264,8 +264,8 @@ def predict(images: tuple[Path, ...], model_path: Path, top_k: int, as_json: boo
     """Classify image files (PNG, JPEG, BMP, GIF, ...) with an exported model; no TensorFlow."""
     import numpy as np
 
-    from edgekit import images as images_module
-    from edgekit import runtime
+    from edgekit.device import images as images_module
+    from edgekit.device import runtime
 
     model = runtime.load(model_path, threads=threads, verify_sha256=not no_verify_sha256)
     prepared = [images_module.prepare(path) for path in images]
@@ -309,8 +309,8 @@ def predict(images: tuple[Path, ...], model_path: Path, top_k: int, as_json: boo
 def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | None, no_write: bool,
            data_dir: Path | None) -> None:
     """Check every exported artifact against the Keras reference; exit 1 if any bar is missed."""
-    from edgekit import parity
-    from edgekit import verify as verify_module
+    from edgekit.device import parity
+    from edgekit.device import verify as verify_module
 
     try:
         chosen = parity.with_overrides(parity.DEFAULT_BARS, list(bars))
@@ -364,7 +364,7 @@ def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: i
               batched_seconds: float, warmup_seconds: float, no_keras: bool, sweep: bool,
               training: bool, compare: tuple[Path, ...], data_dir: Path | None) -> None:
     """Latency, throughput, load time, memory and size of every artifact, in one run."""
-    from edgekit import benchmark as benchmark_module
+    from edgekit.device import benchmark as benchmark_module
 
     config = config_or_bad_parameter(
         benchmark_module.BenchmarkConfig, batch_size=batch_size, threads=threads,

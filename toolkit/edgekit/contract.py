@@ -28,6 +28,6 @@ INPUT_CONTRACT: dict[str, object] = {
         "Raw Fashion-MNIST pixels: uint8, 0 = background, light garment on black. "
         "Float artifacts take these values cast to float32 (scaling to [0, 1] is inside the "
         "model); integer artifacts take them quantised with the input tensor's own scale and "
-        "zero point. edgekit.runtime applies both."
+        "zero point. edgekit.device.runtime applies both."
     ),
 }

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from edgekit import data, errors, fileio, parity, runtime
+from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
+from edgekit.device import datasets, parity, runtime
 
 REPORT_JSON = "parity.json"
 REPORT_MARKDOWN = "parity.md"
@@ -79,7 +80,7 @@ def load_reference(folder: Path, manifest: dict[str, Any], golden: bool,
     name = reference.get("outputs_file", "reference.npz")
     stored = load_npz_checked(manifest_module.safe_file(folder, name),
                               reference.get("outputs_sha256"))
-    test = data.load_test(data_dir)
+    test = datasets.load_test(data_dir)
     if not np.array_equal(test.labels, stored["labels"]):
         raise errors.DataError("the test labels in the dataset differ from those the reference "
                                "outputs were computed on; is this the Fashion-MNIST test set?")

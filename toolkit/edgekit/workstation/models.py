@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import keras
 
-from edgekit.config import Architecture, TrainConfig
 from edgekit.contract import INPUT_SHAPE, NUM_CLASSES
+from edgekit.workstation.config import Architecture, TrainConfig
 
 
 def build(config: TrainConfig) -> keras.Model:

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from edgekit import data, errors, fileio, plots, training
+from edgekit import errors, fileio
 from edgekit.contract import LABELS
+from edgekit.device import datasets
+from edgekit.workstation import plots, training
 
 PREDICTION_GRID_SIZE = 32
 
@@ -51,7 +53,7 @@ def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
 def evaluate(model_path: Path, output_dir: Path, data_dir: str | None = None) -> dict[str, Any]:
     output_dir = fileio.ensure_dir(output_dir)
     model = load_keras_model(model_path)
-    dataset = data.load(data_dir)
+    dataset = datasets.load(data_dir)
     test = dataset.test
     started = time.perf_counter()
     probabilities = predict_probabilities(model, test.images)
@@ -98,7 +100,7 @@ def evaluate(model_path: Path, output_dir: Path, data_dir: str | None = None) ->
 
 
 def write_reports(result: dict[str, Any], report_text: str, probabilities: np.ndarray,
-                  test: data.Split, train: data.Split, model_path: Path, output_dir: Path) -> None:
+                  test: datasets.Split, train: datasets.Split, model_path: Path, output_dir: Path) -> None:
     matrix = np.asarray(result["confusion_matrix"])
     fileio.write_json(output_dir / "confusion_matrix.json",
                       {"labels": list(LABELS), "rows": "true", "columns": "predicted",

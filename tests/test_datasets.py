@@ -6,20 +6,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit import data, errors
+from edgekit import errors
 from edgekit.contract import LABELS
+from edgekit.device import datasets
 
 
 @pytest.fixture()
 def data_copy(tmp_path: Path) -> Path:
-    source = data.locate(allow_download=False)
+    source = datasets.locate(allow_download=False)
     target = tmp_path / "fashion"
     shutil.copytree(source, target)
     return target
 
 
 def test_full_dataset_counts_and_balance():
-    dataset = data.load(allow_download=False)
+    dataset = datasets.load(allow_download=False)
     assert dataset.train.images.shape == (60_000, 28, 28, 1)
     assert dataset.test.images.shape == (10_000, 28, 28, 1)
     assert dataset.train.images.dtype == np.uint8
@@ -27,28 +28,28 @@ def test_full_dataset_counts_and_balance():
     assert np.bincount(dataset.test.labels).tolist() == [1000] * 10
     # The first test image is an ankle boot: a fixed point of the standard files.
     assert LABELS[dataset.test.labels[0]] == "Ankle boot"
-    summary = data.summary(dataset)
+    summary = datasets.summary(dataset)
     assert summary["test"]["per_class"]["Bag"] == 1000
 
 
 def test_explicit_folder_wins(data_copy, monkeypatch):
-    monkeypatch.setenv(data.ENV_VAR, str(data_copy))
-    assert data.locate() == data_copy
-    assert data.locate(data_copy) == data_copy
+    monkeypatch.setenv(datasets.ENV_VAR, str(data_copy))
+    assert datasets.locate() == data_copy
+    assert datasets.locate(data_copy) == data_copy
 
 
 def test_keras_cache_before_system(data_copy, tmp_path, monkeypatch):
     cache = tmp_path / "keras" / "datasets" / "fashion-mnist"
     cache.parent.mkdir(parents=True)
     shutil.copytree(data_copy, cache)
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.delenv(datasets.ENV_VAR, raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    assert data.locate(allow_download=False) == cache
+    assert datasets.locate(allow_download=False) == cache
 
 
 def test_missing_folder_names_it_and_the_fix(tmp_path):
     with pytest.raises(errors.DataError) as caught:
-        data.load(tmp_path / "nowhere")
+        datasets.load(tmp_path / "nowhere")
     message = str(caught.value)
     assert "nowhere" in message and "does not exist" in message
     assert "apt-get install dataset-fashion-mnist" in message
@@ -56,46 +57,46 @@ def test_missing_folder_names_it_and_the_fix(tmp_path):
 
 def test_folder_lacking_files(tmp_path):
     with pytest.raises(errors.DataError, match="lacks train-images-idx3-ubyte.gz, "):
-        data.load(tmp_path)
+        datasets.load(tmp_path)
 
 
 def test_nothing_anywhere_lists_where_it_looked(tmp_path, monkeypatch):
-    monkeypatch.delenv(data.ENV_VAR, raising=False)
+    monkeypatch.delenv(datasets.ENV_VAR, raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
-    monkeypatch.setattr(data, "SYSTEM_DIR", tmp_path / "system")
+    monkeypatch.setattr(datasets, "SYSTEM_DIR", tmp_path / "system")
     with pytest.raises(errors.DataError) as caught:
-        data.locate(allow_download=False)
+        datasets.locate(allow_download=False)
     assert str(tmp_path / "system") in str(caught.value)
     assert "Keras cache" in str(caught.value)
 
 
 def test_truncated_file_is_an_error(data_copy):
-    path = data_copy / data.FILES["test_images"]
+    path = data_copy / datasets.FILES["test_images"]
     raw = gzip.decompress(path.read_bytes())
     path.write_bytes(gzip.compress(raw[: len(raw) // 2]))
     with pytest.raises(errors.DataError, match="truncated"):
-        data.load(data_copy)
+        datasets.load(data_copy)
 
 
 def test_cut_gzip_stream_is_an_error(data_copy):
-    path = data_copy / data.FILES["train_labels"]
+    path = data_copy / datasets.FILES["train_labels"]
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(errors.DataError, match="truncated or corrupt"):
-        data.load(data_copy)
+        datasets.load(data_copy)
 
 
 def test_wrong_magic_is_an_error(data_copy):
-    path = data_copy / data.FILES["test_labels"]
+    path = data_copy / datasets.FILES["test_labels"]
     raw = bytearray(gzip.decompress(path.read_bytes()))
     raw[:4] = struct.pack(">I", 2051)
     path.write_bytes(gzip.compress(bytes(raw)))
     with pytest.raises(errors.DataError, match="magic number"):
-        data.load(data_copy)
+        datasets.load(data_copy)
 
 
 def test_swapped_files_are_an_error(data_copy):
-    images = data_copy / data.FILES["test_images"]
-    labels = data_copy / data.FILES["test_labels"]
+    images = data_copy / datasets.FILES["test_images"]
+    labels = data_copy / datasets.FILES["test_labels"]
     images.write_bytes(labels.read_bytes())
     with pytest.raises(errors.DataError, match="magic number"):
-        data.load(data_copy)
+        datasets.load(data_copy)

@@ -18,9 +18,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from edgekit import data, errors, fileio, models
-from edgekit.config import TrainConfig
+from edgekit import errors, fileio
 from edgekit.contract import NUM_CLASSES
+from edgekit.device import datasets
+from edgekit.workstation import models
+from edgekit.workstation.config import TrainConfig
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "train_config.json"
@@ -31,7 +33,8 @@ LAST_FILES = ("last-a.keras", "last-b.keras")
 STATE_FILE = "state.json"
 
 
-def split_validation(split: data.Split, fraction: float, seed: int) -> tuple[data.Split, data.Split]:
+def split_validation(split: datasets.Split, fraction: float,
+                     seed: int) -> tuple[datasets.Split, datasets.Split]:
     """Stratified, seeded split of the training images into (train, validation)."""
     rng = np.random.default_rng(seed)
     validation_indices = []
@@ -41,12 +44,12 @@ def split_validation(split: data.Split, fraction: float, seed: int) -> tuple[dat
         validation_indices.append(rng.choice(members, size=count, replace=False))
     validation_mask = np.zeros(len(split), dtype=bool)
     validation_mask[np.concatenate(validation_indices)] = True
-    train = data.Split(split.images[~validation_mask], split.labels[~validation_mask])
-    validation = data.Split(split.images[validation_mask], split.labels[validation_mask])
+    train = datasets.Split(split.images[~validation_mask], split.labels[~validation_mask])
+    validation = datasets.Split(split.images[validation_mask], split.labels[validation_mask])
     return train, validation
 
 
-def make_dataset(split: data.Split, config: TrainConfig, training: bool) -> tf.data.Dataset:
+def make_dataset(split: datasets.Split, config: TrainConfig, training: bool) -> tf.data.Dataset:
     images = split.images.astype(np.float32)
     # One-hot labels, so that label smoothing (CategoricalCrossentropy) is available.
     targets = np.eye(NUM_CLASSES, dtype=np.float32)[split.labels]
@@ -211,7 +214,7 @@ def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
     output_dir = fileio.ensure_dir(output_dir)
     checkpoints = fileio.ensure_dir(output_dir / CHECKPOINT_DIR)
     state = read_state(output_dir, config) if resume else None
-    dataset = data.load(data_dir)
+    dataset = datasets.load(data_dir)
     initial_epoch = 0 if state is None else int(state["epoch"])
     # Seeded per starting epoch: a resumed run does not replay the first epochs' order.
     keras.utils.set_random_seed(config.seed + initial_epoch)
@@ -297,7 +300,7 @@ def input_pipeline_rate(config: TrainConfig, data_dir: str | None = None,
     Compared with the training epoch's images/s (history.json), this tells whether the
     augmentation could be the bottleneck: it is not while the pipeline is much faster.
     """
-    dataset = data.load(data_dir)
+    dataset = datasets.load(data_dir)
     split = dataset.train.head(config.limit)
     result: dict[str, Any] = {"batch_size": config.batch_size, "batches": batches}
     for augment in (False, True):

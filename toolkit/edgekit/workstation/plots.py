@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from edgekit import fileio  # noqa: E402
+from edgekit import fileio
 from edgekit.contract import LABELS  # noqa: E402
 
 

@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from edgekit import data, errors, fileio, runtime
+from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
+from edgekit.device import datasets, runtime
 
 REPORT_JSON = "benchmark.json"
 Measured = TypeVar("Measured")
@@ -356,7 +357,7 @@ def keras_baselines(model_path: Path, images: np.ndarray,
         import keras  # noqa: F401
     except ImportError:
         return None
-    from edgekit import evaluation
+    from edgekit.workstation import evaluation
 
     model = evaluation.load_keras_model(model_path)
     small = dataclasses.replace(config, single_runs=max(10, config.single_runs // 10),
@@ -622,8 +623,8 @@ def training_throughput(folder: Path, echo: Callable[[str], None]) -> dict[str, 
     """Training speed from history.json beside the model, and the input pipeline alone."""
     import json
 
-    from edgekit import training
-    from edgekit.config import TrainConfig
+    from edgekit.workstation import training
+    from edgekit.workstation.config import TrainConfig
 
     history_path = folder / training.HISTORY_FILE
     record = training.load_record(folder / training.MODEL_FILE)
@@ -652,7 +653,7 @@ def bench_images(folder: Path, manifest: dict[str, Any], data_dir: str | None) -
         with np.load(folder / golden_name) as bundle:
             images = bundle["images"]
     else:
-        images = data.load_test(data_dir).images[:512]
+        images = datasets.load_test(data_dir).images[:512]
     while len(images) < 1024:
         images = np.concatenate([images, images])
     return images

@@ -17,8 +17,10 @@ from typing import Any
 import keras
 import keras_tuner
 
-from edgekit import data, errors, fileio, models, training
-from edgekit.config import EDGE_STEMS, TrainConfig
+from edgekit import errors, fileio
+from edgekit.device import datasets
+from edgekit.workstation import models, training
+from edgekit.workstation.config import EDGE_STEMS, TrainConfig
 
 TRIALS_JSON = "trials.json"
 TRIALS_MARKDOWN = "trials.md"
@@ -48,7 +50,7 @@ def search_space(hp: keras_tuner.HyperParameters, architecture: str) -> dict[str
 
 
 class TrainConfigHyperModel(keras_tuner.HyperModel):
-    def __init__(self, base: TrainConfig, train_split: data.Split, validation_split: data.Split):
+    def __init__(self, base: TrainConfig, train_split: datasets.Split, validation_split: datasets.Split):
         super().__init__()
         self.base = base
         self.train_split = train_split
@@ -77,7 +79,7 @@ def tune(base: TrainConfig, output_dir: Path, method: str = "bayesian", max_tria
          budget_minutes: float = 30.0, data_dir: str | None = None,
          echo: Callable[[str], None] = print) -> dict[str, Any]:
     output_dir = fileio.ensure_dir(output_dir)
-    dataset = data.load(data_dir)
+    dataset = datasets.load(data_dir)
     keras.utils.set_random_seed(base.seed)
     train_split, validation_split = training.split_validation(
         dataset.train.head(base.limit), base.validation_fraction, base.seed)

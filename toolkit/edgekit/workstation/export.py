@@ -3,7 +3,7 @@
 Workstation only (TensorFlow, tf2onnx, onnx, onnxruntime.quantization). Every file is
 written atomically; the manifest is updated once all requested artifacts exist. Tensor
 names, dtypes and quantisation parameters in the manifest are read back through the same
-device runtimes that will run the files (``edgekit.runtime``), so they describe what a
+device runtimes that will run the files (``edgekit.device.runtime``), so they describe what a
 device sees.
 """
 
@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from edgekit import __version__, data, errors, fileio, models, runtime, tflite_metadata, training
+from edgekit import __version__, errors, fileio
 from edgekit import manifest as manifest_module
-from edgekit.config import ExportConfig, ExportFormat, Quantization
 from edgekit.contract import INPUT_CONTRACT, INPUT_SHAPE, LABELS
+from edgekit.device import datasets, runtime, tflite_metadata
+from edgekit.workstation import models, training
+from edgekit.workstation.config import ExportConfig, ExportFormat, Quantization
 
 REFERENCE_FILE = "model.keras"
 REFERENCE_OUTPUTS_FILE = "reference.npz"
@@ -78,7 +80,7 @@ def plan(config: ExportConfig) -> list[tuple[ExportFormat, Quantization]]:
     return pairs
 
 
-def calibration_images(train: data.Split, size: int, seed: int) -> np.ndarray:
+def calibration_images(train: datasets.Split, size: int, seed: int) -> np.ndarray:
     """A seeded random sample of *training* images (never test images) for calibration."""
     rng = np.random.default_rng(seed)
     indices = rng.choice(len(train), size=min(size, len(train)), replace=False)
@@ -561,14 +563,14 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig, data_dir: s
     files exist are they renamed into place, the manifest last. A run killed mid-way
     leaves the previous release as it was (and a staging folder the next run removes).
     """
-    from edgekit import evaluation
+    from edgekit.workstation import evaluation
 
     pairs = plan(config)
     output_dir = fileio.ensure_dir(output_dir)
     for stale in output_dir.glob(STAGING_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
     model = evaluation.load_keras_model(model_path)
-    dataset = data.load(data_dir)
+    dataset = datasets.load(data_dir)
     calibration = calibration_images(dataset.train, config.calibration_size, config.seed)
     manifest = manifest_module.load_or_empty(output_dir)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
@@ -585,7 +587,7 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig, data_dir: s
 
 def _export_into(model: Any, model_path: Path, output_dir: Path, staging: Path,
                  manifest: dict[str, Any], pairs: list[tuple[ExportFormat, Quantization]],
-                 config: ExportConfig, dataset: data.Dataset, calibration: np.ndarray,
+                 config: ExportConfig, dataset: datasets.Dataset, calibration: np.ndarray,
                  echo: Callable[[str], None]) -> list[Artifact]:
     import onnx
 
@@ -643,13 +645,13 @@ def artifact_entry(path: Path, export_format: ExportFormat, quantization: Quanti
 
 
 def write_reference(model: Any, model_path: Path, output_dir: Path, staging: Path,
-                    test: data.Split) -> dict[str, Any]:
+                    test: datasets.Split) -> dict[str, Any]:
     """Stage the Keras model and its test-set probabilities beside the artifacts.
 
     The stored probabilities let ``edgekit verify`` run without TensorFlow; the golden
     bundle (a stratified few hundred test images) lets it run without the dataset.
     """
-    from edgekit import evaluation
+    from edgekit.workstation import evaluation
 
     if Path(model_path).resolve() != (output_dir / REFERENCE_FILE).resolve():
         fileio.copy_file(model_path, staging / REFERENCE_FILE)

@@ -1,7 +1,7 @@
 """Read the ``edgekit`` metadata entry of a TFLite file (device-safe).
 
 Uses the flatbuffer schema that ships inside ai-edge-litert; the writer lives in
-``edgekit.export`` (TensorFlow's flatbuffer utilities), since ``tflite-support`` has no
+``edgekit.workstation.export`` (TensorFlow's flatbuffer utilities), since ``tflite-support`` has no
 wheels for current Pythons.
 """
 
