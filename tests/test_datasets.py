@@ -13,14 +13,14 @@ from edgekit.device import datasets
 
 @pytest.fixture()
 def data_copy(tmp_path: Path) -> Path:
-    source = datasets.locate(allow_download=False)
+    source = datasets.locate()
     target = tmp_path / "fashion"
     shutil.copytree(source, target)
     return target
 
 
 def test_full_dataset_counts_and_balance():
-    dataset = datasets.load(allow_download=False)
+    dataset = datasets.load()
     assert dataset.train.images.shape == (60_000, 28, 28, 1)
     assert dataset.test.images.shape == (10_000, 28, 28, 1)
     assert dataset.train.images.dtype == np.uint8
@@ -44,7 +44,7 @@ def test_keras_cache_before_system(data_copy, tmp_path, monkeypatch):
     shutil.copytree(data_copy, cache)
     monkeypatch.delenv(datasets.ENV_VAR, raising=False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    assert datasets.locate(allow_download=False) == cache
+    assert datasets.locate() == cache
 
 
 def test_missing_folder_names_it_and_the_fix(tmp_path):
@@ -65,7 +65,7 @@ def test_nothing_anywhere_lists_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
     monkeypatch.setattr(datasets, "SYSTEM_DIR", tmp_path / "system")
     with pytest.raises(errors.DataError) as caught:
-        datasets.locate(allow_download=False)
+        datasets.locate()
     assert str(tmp_path / "system") in str(caught.value)
     assert "Keras cache" in str(caught.value)
 

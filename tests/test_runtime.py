@@ -135,12 +135,13 @@ def test_missing_and_unknown(tmp_path):
 def test_onnx_checker_where_installed(tmp_path):
     pytest.importorskip("onnx")
     from conftest import ROOT
+    from edgekit.workstation import onnx_check
 
     broken = tmp_path / "five-classes.onnx"
     broken.write_bytes((ROOT / "tests" / "data" / "bad" / "models" / "truncated.onnx").read_bytes())
     with pytest.raises(errors.ModelError, match="onnx.checker"):
-        runtime.check_onnx_graph(broken)
-    runtime.check_onnx_graph(ROOT / "exported" / "model_int8.onnx")  # a good file passes
+        onnx_check.check_onnx_graph(broken)
+    onnx_check.check_onnx_graph(ROOT / "exported" / "model_int8.onnx")  # a good file passes
 
 
 def test_dequantize_is_float32_and_exact():

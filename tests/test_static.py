@@ -3,6 +3,7 @@
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -21,3 +22,19 @@ def test_ruff():
     result = subprocess.run([sys.executable, "-m", "ruff", "check", "toolkit", "tests", "scripts"],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("importlinter") is None, reason="needs the dev extra")
+def test_import_contracts():
+    """The device/workstation boundary (pyproject.toml's [tool.importlinter] contracts)."""
+    linter = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(linter), "--no-cache"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
+
+
+def test_no_module_is_too_big():
+    sizes = {str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+             for path in (ROOT / "toolkit" / "edgekit").rglob("*.py")}
+    assert not {name: lines for name, lines in sizes.items() if lines > 450}

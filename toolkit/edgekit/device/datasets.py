@@ -17,6 +17,7 @@ import gzip
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,8 @@ def has_all_files(folder: Path) -> bool:
     return all((folder / name).is_file() for name in FILES.values())
 
 
-def locate(data_dir: str | os.PathLike[str] | None = None, allow_download: bool = True) -> Path:
+def locate(data_dir: str | os.PathLike[str] | None = None,
+           download: Callable[[], Path | None] | None = None) -> Path:
     """Return the folder holding the four files, downloading with Keras as a last resort."""
     explicit = data_dir if data_dir is not None else os.environ.get(ENV_VAR) or None
     if explicit is not None:
@@ -98,25 +100,12 @@ def locate(data_dir: str | os.PathLike[str] | None = None, allow_download: bool 
         if has_all_files(folder):
             return folder
         looked.append(f"{folder} ({name})")
-    if allow_download and not os.environ.get(OFFLINE_ENV_VAR):
-        downloaded = _download_with_keras()
+    if download is not None and not os.environ.get(OFFLINE_ENV_VAR):
+        downloaded = download()
         if downloaded is not None:
             return downloaded
         looked.append("keras.datasets.fashion_mnist download (failed or TensorFlow not installed)")
     raise errors.DataError(f"Fashion-MNIST not found; looked in: {'; '.join(looked)}. {FIX_HINT}")
-
-
-def _download_with_keras() -> Path | None:
-    try:
-        import keras  # noqa: PLC0415 - optional, workstation only
-    except ImportError:
-        return None
-    try:
-        keras.datasets.fashion_mnist.load_data()
-    except Exception:  # no internet, proxy, disk: any failure means "not available"
-        return None
-    folder = keras_cache_dir()
-    return folder if has_all_files(folder) else None
 
 
 def _read_gzip(path: Path) -> bytes:
@@ -174,8 +163,11 @@ def read_idx_labels(path: Path, expected_count: int) -> np.ndarray:
     return labels
 
 
-def load(data_dir: str | os.PathLike[str] | None = None, allow_download: bool = True) -> Dataset:
-    folder = locate(data_dir, allow_download=allow_download)
+def load(data_dir: str | os.PathLike[str] | None = None,
+         download: Callable[[], Path | None] | None = None) -> Dataset:
+    """``download``: the last resort when no folder holds the files (the workstation passes
+    Keras' download; the device side never imports Keras)."""
+    folder = locate(data_dir, download=download)
     return Dataset(
         train=load_split(folder, "train"),
         test=load_split(folder, "test"),

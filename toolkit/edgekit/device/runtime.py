@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -274,33 +275,16 @@ class LiteRTModel(LoadedModel):
 RUNTIMES: dict[str, type[LoadedModel]] = {".onnx": OnnxRuntimeModel, ".tflite": LiteRTModel}
 
 
-def check_onnx_graph(path: Path) -> None:
-    """Run ``onnx.checker`` on an ONNX file where the onnx package is installed.
-
-    Not on the ``predict`` path: importing onnx costs about 0.3 s, and ONNX Runtime
-    validates the graph itself when it loads it.
-    """
-    import importlib.util
-
-    if path.suffix.lower() != ".onnx" or importlib.util.find_spec("onnx") is None:
-        return
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path))
-    except Exception as error:  # ValidationError, DecodeError, OSError...
-        raise errors.ModelError(f"{path} fails onnx.checker: {_first_line(error)}. "
-                                "Re-export it with `edgekit export`.") from error
-
-
 def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256: bool = True,
-         xnnpack: str = "default", check_graph: bool = False) -> LoadedModel:
+         xnnpack: str = "default",
+         check_graph: Callable[[Path], None] | None = None) -> LoadedModel:
     """Load an exported model; check its sha256 against the manifest beside it, if listed.
 
     ``threads``: intra-op threads (default: the runtime's choice, all cores).
     ``xnnpack`` (LiteRT only): "default", "latest" (all of XNNPACK's flag-protected
     features, e.g. more int8 kernels) or "off" (LiteRT's builtin kernels only).
-    ``check_graph``: also run ``onnx.checker`` on ONNX files, where onnx is installed.
+    ``check_graph``: a further check of the file before it is loaded (the workstation passes
+    ``onnx.checker``; the device side never imports onnx).
     """
     path = Path(path)
     if path.is_dir():
@@ -329,8 +313,8 @@ def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256
                 )
     if threads is not None and threads < 1:
         raise ValueError("threads must be at least 1")
-    if check_graph:
-        check_onnx_graph(path)
+    if check_graph is not None:
+        check_graph(path)
     if runtime_class is LiteRTModel:
         return LiteRTModel(path, threads, labels, xnnpack=xnnpack)
     return runtime_class(path, threads, labels)

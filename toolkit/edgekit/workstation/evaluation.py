@@ -13,7 +13,7 @@ from sklearn import metrics as sk_metrics
 from edgekit import errors, fileio
 from edgekit.contract import LABELS
 from edgekit.device import datasets
-from edgekit.workstation import plots, training
+from edgekit.workstation import fashion_download, plots, training
 
 PREDICTION_GRID_SIZE = 32
 
@@ -53,7 +53,7 @@ def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
 def evaluate(model_path: Path, output_dir: Path, data_dir: str | None = None) -> dict[str, Any]:
     output_dir = fileio.ensure_dir(output_dir)
     model = load_keras_model(model_path)
-    dataset = datasets.load(data_dir)
+    dataset = datasets.load(data_dir, download=fashion_download.download)
     test = dataset.test
     started = time.perf_counter()
     probabilities = predict_probabilities(model, test.images)

@@ -28,7 +28,7 @@ from edgekit import __version__, errors, fileio
 from edgekit import manifest as manifest_module
 from edgekit.contract import INPUT_CONTRACT, INPUT_SHAPE, LABELS
 from edgekit.device import datasets, runtime, tflite_metadata
-from edgekit.workstation import models, training
+from edgekit.workstation import fashion_download, models, training
 from edgekit.workstation.config import ExportConfig, ExportFormat, Quantization
 
 REFERENCE_FILE = "model.keras"
@@ -570,7 +570,7 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig, data_dir: s
     for stale in output_dir.glob(STAGING_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
     model = evaluation.load_keras_model(model_path)
-    dataset = datasets.load(data_dir)
+    dataset = datasets.load(data_dir, download=fashion_download.download)
     calibration = calibration_images(dataset.train, config.calibration_size, config.seed)
     manifest = manifest_module.load_or_empty(output_dir)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))

@@ -21,7 +21,7 @@ import tensorflow as tf
 from edgekit import errors, fileio
 from edgekit.contract import NUM_CLASSES
 from edgekit.device import datasets
-from edgekit.workstation import models
+from edgekit.workstation import fashion_download, models
 from edgekit.workstation.config import TrainConfig
 
 MODEL_FILE = "model.keras"
@@ -214,7 +214,7 @@ def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
     output_dir = fileio.ensure_dir(output_dir)
     checkpoints = fileio.ensure_dir(output_dir / CHECKPOINT_DIR)
     state = read_state(output_dir, config) if resume else None
-    dataset = datasets.load(data_dir)
+    dataset = datasets.load(data_dir, download=fashion_download.download)
     initial_epoch = 0 if state is None else int(state["epoch"])
     # Seeded per starting epoch: a resumed run does not replay the first epochs' order.
     keras.utils.set_random_seed(config.seed + initial_epoch)
@@ -300,7 +300,7 @@ def input_pipeline_rate(config: TrainConfig, data_dir: str | None = None,
     Compared with the training epoch's images/s (history.json), this tells whether the
     augmentation could be the bottleneck: it is not while the pipeline is much faster.
     """
-    dataset = datasets.load(data_dir)
+    dataset = datasets.load(data_dir, download=fashion_download.download)
     split = dataset.train.head(config.limit)
     result: dict[str, Any] = {"batch_size": config.batch_size, "batches": batches}
     for augment in (False, True):

@@ -19,7 +19,7 @@ import keras_tuner
 
 from edgekit import errors, fileio
 from edgekit.device import datasets
-from edgekit.workstation import models, training
+from edgekit.workstation import fashion_download, models, training
 from edgekit.workstation.config import EDGE_STEMS, TrainConfig
 
 TRIALS_JSON = "trials.json"
@@ -79,7 +79,7 @@ def tune(base: TrainConfig, output_dir: Path, method: str = "bayesian", max_tria
          budget_minutes: float = 30.0, data_dir: str | None = None,
          echo: Callable[[str], None] = print) -> dict[str, Any]:
     output_dir = fileio.ensure_dir(output_dir)
-    dataset = datasets.load(data_dir)
+    dataset = datasets.load(data_dir, download=fashion_download.download)
     keras.utils.set_random_seed(base.seed)
     train_split, validation_split = training.split_validation(
         dataset.train.head(base.limit), base.validation_fraction, base.seed)

@@ -1,0 +1,106 @@
+"""`edgekit train` and `edgekit tune` (workstation: TensorFlow, imported inside)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgekit.cli.common import config_or_bad_parameter, data_dir_option, friendly_errors, optional_str
+
+
+@click.command()
+@click.option("--arch", "architecture", type=click.Choice(["reference", "edge"]), default="reference",
+              show_default=True,
+              help="reference: the notebook's CNN; edge: compact int8-friendly residual CNN.")
+@click.option("--epochs", type=int, default=None, help="Maximum epochs (default: the recipe's).")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--learning-rate", type=float, default=None)
+@click.option("--patience", type=int, default=None,
+              help="Early-stopping patience in epochs (on validation accuracy).")
+@click.option("--seed", type=int, default=None, help="Random seed (default 42).")
+@click.option("--validation-fraction", type=float, default=None)
+@click.option("--augment/--no-augment", default=None,
+              help="Random flip, rotation, zoom and shift while training (default: on).")
+@click.option("--limit", type=int, default=None, help="Train on the first N training images only.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="JSON of TrainConfig fields (e.g. the best trial of `edgekit tune`); "
+                   "options given on the command line win.")
+@click.option("--output-dir", type=click.Path(path_type=Path), default=Path("runs/train"),
+              show_default=True, help="Where the model, config, history and checkpoints go.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run in --output-dir from its last completed epoch "
+                   "(same options as the interrupted run).")
+@data_dir_option
+@friendly_errors
+def train(architecture: str, epochs: int | None, batch_size: int | None,
+          learning_rate: float | None, patience: int | None, seed: int | None,
+          validation_fraction: float | None, augment: bool | None, limit: int | None,
+          config_file: Path | None, output_dir: Path, resume: bool, data_dir: Path | None) -> None:
+    """Train a Keras model (validation split from the training data; test set untouched).
+
+    Defaults come from the architecture's recipe (see edgekit.workstation.config.RECIPES).
+    """
+    from edgekit.workstation.config import TrainConfig
+
+    overrides: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            overrides.update(json.loads(config_file.read_text()))
+        except (OSError, json.JSONDecodeError) as error:
+            raise click.BadParameter(f"cannot read {config_file}: {error}",
+                                     param_hint="--config") from None
+        architecture = overrides.pop("architecture", architecture)
+    overrides.update({key: value for key, value in dict(
+        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+        seed=seed, validation_fraction=validation_fraction, augment=augment,
+        limit=limit).items() if value is not None})
+    try:
+        config = TrainConfig.for_architecture(architecture, **overrides)
+    except (ValueError, TypeError) as error:
+        raise click.BadParameter(str(error)) from None
+    from edgekit.workstation import training
+
+    record = training.train(config, output_dir, data_dir=optional_str(data_dir),
+                            resume=resume)
+    model_path = output_dir / training.MODEL_FILE
+    click.echo(f"saved {model_path} ({record['parameters']:,} parameters; best epoch "
+               f"{record['best_epoch']} of {record['epochs_run']}, validation accuracy "
+               f"{record['validation_accuracy']:.2%}, {record['train_seconds']:.0f} s)")
+    click.echo(f"Next: edgekit evaluate --model {model_path}")
+
+
+@click.command()
+@click.option("--arch", "architecture", type=click.Choice(["reference", "edge"]), default="edge",
+              show_default=True)
+@click.option("--method", type=click.Choice(["bayesian", "hyperband"]), default="bayesian",
+              show_default=True)
+@click.option("--max-trials", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--budget-minutes", type=click.FloatRange(0.1, 10_000), default=30.0,
+              show_default=True, help="Stop starting new trials after this long.")
+@click.option("--epochs", type=click.IntRange(1, 500), default=8, show_default=True,
+              help="Epochs per trial (Hyperband: the most any trial gets).")
+@click.option("--limit", type=int, default=None, help="Search on the first N training images.")
+@click.option("--output-dir", type=click.Path(path_type=Path), default=Path("runs/tune"),
+              show_default=True)
+@data_dir_option
+@friendly_errors
+def tune(architecture: str, method: str, max_trials: int, budget_minutes: float, epochs: int,
+         limit: int | None, output_dir: Path, data_dir: Path | None) -> None:
+    """Search hyperparameters with KerasTuner on the validation split, within a time budget."""
+    from edgekit.workstation.config import TrainConfig
+
+    base = config_or_bad_parameter(TrainConfig.for_architecture, architecture=architecture,
+                                   epochs=epochs, limit=limit)
+    from edgekit.workstation import tune as tune_module
+
+    result = tune_module.tune(base, output_dir, method=method, max_trials=max_trials,
+                              budget_minutes=budget_minutes,
+                              data_dir=optional_str(data_dir), echo=click.echo)
+    for line in tune_module.markdown(result["trials"]):
+        click.echo(line)
+    click.echo(f"best: trial {result['best']['trial']}, validation accuracy "
+               f"{result['best']['val_accuracy']:.2%}; wrote {output_dir}/trials.json, trials.md")
+    click.echo(f"Next: edgekit train --config {result['best_config_path']} --epochs 40")

@@ -1,0 +1,64 @@
+"""`edgekit verify`: parity of every artifact against the Keras reference."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from edgekit.cli.common import DEFAULT_EXPORT_DIR, data_dir_option, friendly_errors, optional_str
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path), default=DEFAULT_EXPORT_DIR)
+@click.option("--golden", is_flag=True,
+              help="Check against the small golden bundle (no dataset needed; seconds).")
+@click.option("--bar", "bars", multiple=True, metavar="PRECISION.MEASURE=VALUE",
+              help="Override a parity bar, e.g. int8.agreement=99.5, fp32.max_abs_diff=1e-5, "
+                   "dynamic.accuracy_drop=0.3 (agreement in %, drop in pp). Repeatable.")
+@click.option("--threads", type=click.IntRange(1, 64), default=None)
+@click.option("--no-write", is_flag=True, help="Do not write reports or update the manifest.")
+@data_dir_option
+@friendly_errors
+def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | None, no_write: bool,
+           data_dir: Path | None) -> None:
+    """Check every exported artifact against the Keras reference; exit 1 if any bar is missed."""
+    from edgekit.device import parity
+    from edgekit.device import verify as verify_module
+
+    try:
+        chosen = parity.with_overrides(parity.DEFAULT_BARS, list(bars))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--bar") from None
+    started = time.perf_counter()
+    click.echo(f"verifying {folder} against the reference "
+               f"({'golden bundle' if golden else 'all test images'})")
+    results = verify_module.verify(folder, chosen, golden=golden,
+                                   data_dir=optional_str(data_dir), threads=threads,
+                                   write=not (no_write or golden), echo=click.echo,
+                                   check_graph=onnx_checker())
+    click.echo("")
+    for line in verify_module.table(results):
+        click.echo(line)
+    failed = [result for result in results if not result.passed]
+    seconds = time.perf_counter() - started
+    if failed:
+        details = "; ".join(f"{result.file}: {', '.join(result.failures())}" for result in failed)
+        raise click.ClickException(f"parity failed for {len(failed)} of {len(results)} "
+                                   f"artifact(s): {details}")
+    written = "" if (no_write or golden) else f"; wrote {folder}/reports/parity.json and parity.md"
+    click.echo(f"all {len(results)} artifacts pass parity ({seconds:.1f} s{written})")
+    click.echo(f"Next: edgekit benchmark {folder}")
+
+
+def onnx_checker() -> Callable[[Path], None] | None:
+    """``onnx.checker`` where the onnx package is installed (a workstation), else nothing."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        return None
+    from edgekit.workstation import onnx_check
+
+    return onnx_check.check_onnx_graph
