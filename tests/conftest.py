@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,40 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     return subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, cwd=cwd or ROOT,
                           timeout=timeout)
+
+
+def start_edgekit(*arguments: str, **popen: object) -> subprocess.Popen[str]:
+    """Start ``python -m edgekit.cli ARGUMENTS`` the way a background job of a script would.
+
+    A non-interactive shell starts background jobs with SIGINT ignored, and a child inherits an
+    ignored disposition (then Python installs no KeyboardInterrupt handler). So the parent here
+    ignores SIGINT while it starts the child, and the child puts SIGINT back to its default
+    before exec: the test sets the disposition itself instead of inheriting whatever the shell
+    that launched pytest had, and shows the CLI does not depend on it.
+    """
+    options: dict[str, object] = {"cwd": ROOT, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE,
+                                  "text": True, **popen}
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.Popen(  # type: ignore[call-overload,no-any-return]
+            [sys.executable, "-m", "edgekit.cli", *arguments],
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **options)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def assert_stopped_with_one_line(process: subprocess.Popen[str], code: int, prefix: str,
+                                 seconds: float = 20) -> None:
+    """The process ends within ``seconds`` with ``code`` and one line on stderr, no traceback."""
+    _, stderr = process.communicate(timeout=seconds)
+    assert process.returncode == code, stderr[-2000:]
+    assert "Traceback" not in stderr
+    # Native libraries log lines of their own (LiteRT's XNNPACK delegate, TensorFlow's oneDNN
+    # notice); edgekit's own output is the one Error line, last.
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    error_lines = [line for line in lines if line.startswith("Error:")]
+    assert len(error_lines) == 1 and lines[-1] == error_lines[0], stderr[-2000:]
+    assert error_lines[0].startswith(prefix), stderr[-2000:]
 
 
 @pytest.fixture(scope="session")

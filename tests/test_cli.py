@@ -1,12 +1,14 @@
 """The command line: help, errors a user can make, and what they see."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, assert_stopped_with_one_line, run_cli, start_edgekit
 from edgekit import cli
 
 SUBCOMMANDS = sorted(cli.main.commands)
@@ -97,23 +99,45 @@ def test_version():
     assert declared in result.stdout
 
 
-def test_ctrl_c_is_one_error_line_and_leaves_no_partial_files(exported_copy):
-    import signal
-    import time
-
-    before = sorted(path.name for path in exported_copy.rglob("*"))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgekit.cli", "benchmark", str(exported_copy), "--no-keras",
-         "--runs", "100000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+def wait_for_line(process: subprocess.Popen, fragment: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
     assert process.stdout is not None
-    while "benchmarking" not in process.stdout.readline():  # mid-measurement
-        assert time.monotonic() < deadline
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert "Traceback" not in stderr
-    assert [line for line in stderr.splitlines() if line.strip()] == [
-        line for line in stderr.splitlines() if line.startswith("Error: interrupted")]
+    while fragment not in process.stdout.readline():
+        assert time.monotonic() < deadline and process.poll() is None, f"never printed {fragment!r}"
+
+
+BENCHMARK_FOREVER = ("benchmark", "--no-keras", "--runs", "100000")
+
+
+@pytest.mark.parametrize("signal_number, code, prefix", [
+    (signal.SIGINT, 130, "Error: interrupted"),
+    (signal.SIGTERM, 143, "Error: terminated"),
+], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_benchmark_is_one_error_line_and_leaves_no_partial_files(
+        exported_copy, signal_number, code, prefix):
+    before = sorted(path.name for path in exported_copy.rglob("*"))
+    process = start_edgekit(BENCHMARK_FOREVER[0], str(exported_copy), *BENCHMARK_FOREVER[1:])
+    wait_for_line(process, "benchmarking")  # mid-measurement
+    process.send_signal(signal_number)
+    assert_stopped_with_one_line(process, code, prefix)
     # Nothing new, nothing half-written: the report was never started.
     assert sorted(path.name for path in exported_copy.rglob("*")) == before
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0, 4.0], ids=lambda delay: f"after-{delay}s")
+def test_sigterm_soon_after_start(exported_copy, delay):
+    """The handler is in place before the heavy imports: a SIGTERM at any moment is honoured."""
+    process = start_edgekit(BENCHMARK_FOREVER[0], str(exported_copy), *BENCHMARK_FOREVER[1:])
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    assert_stopped_with_one_line(process, 143, "Error: terminated")
+
+
+def test_ignored_sigterm_is_respected(exported_copy):
+    """Whoever ignores SIGTERM on purpose keeps it ignored (as with SIGINT and nohup)."""
+    code = ("import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "sys.argv = ['edgekit', '--version']; "
+            "from edgekit.cli import signals; signals.install(); "
+            "assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

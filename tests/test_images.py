@@ -10,6 +10,7 @@ from PIL import Image
 
 from conftest import ROOT, run_cli
 from edgekit import errors
+from edgekit.contract import FASHION_MNIST
 from edgekit.device import images
 
 
@@ -57,7 +58,7 @@ def variants(boot: np.ndarray, folder: Path) -> dict[str, Path]:
 
 def test_prepare_keeps_a_dataset_image_unchanged(boot, tmp_path):
     path = save(Image.fromarray(boot), tmp_path / "boot.png")
-    prepared = images.prepare(path)
+    prepared = images.prepare(path, FASHION_MNIST)
     assert prepared.pixels.shape == (28, 28, 1) and prepared.pixels.dtype == np.uint8
     assert np.array_equal(prepared.pixels[:, :, 0], boot)
     assert prepared.steps == []
@@ -65,7 +66,7 @@ def test_prepare_keeps_a_dataset_image_unchanged(boot, tmp_path):
 
 def test_light_background_is_inverted_and_said(boot, tmp_path):
     path = save(Image.fromarray(255 - boot), tmp_path / "white.png")
-    prepared = images.prepare(path)
+    prepared = images.prepare(path, FASHION_MNIST)
     assert np.array_equal(prepared.pixels[:, :, 0], boot)
     assert any(step.startswith("inverted") for step in prepared.steps)
 
@@ -73,7 +74,7 @@ def test_light_background_is_inverted_and_said(boot, tmp_path):
 def test_fit_keeps_aspect_ratio():
     wide = np.full((10, 100), 200, np.uint8)
     steps: list[str] = []
-    fitted = images.fit(wide, steps)
+    fitted = images.fit(wide, FASHION_MNIST, steps)
     rows = np.flatnonzero(fitted.max(axis=1) > 0)
     assert fitted.shape == (28, 28)
     assert 2 <= len(rows) <= 4  # 10/100 of 28 rows, centred
@@ -131,4 +132,4 @@ def test_bad_images(boot, tmp_path, kind, message):
         # The corpus' bomb (scripts/make_bad_inputs.py): a PNG declaring 40000x40000 pixels.
         path.write_bytes((ROOT / "tests" / "data" / "bad" / "images" / "bomb.png").read_bytes())
     with pytest.raises(errors.ImageError, match=message):
-        images.prepare(path)
+        images.prepare(path, FASHION_MNIST)

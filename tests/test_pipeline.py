@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import ARTIFACTS, run_cli
+from conftest import ARTIFACTS, assert_stopped_with_one_line, run_cli, start_edgekit
 
 pytestmark = pytest.mark.slow
 
@@ -105,26 +105,30 @@ def test_edge_trains_exports_and_passes_parity(tmp_path):
     assert int8["metrics"]["images"] == 10_000 and int8["metrics"]["accuracy"] > 0.6  # learned (chance: 0.1)
 
 
-def test_resume_after_sigkill(tmp_path):
-    """Kill a run mid-training, resume it, and get the run the options asked for."""
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_resume_after_kill(tmp_path, signal_name):
+    """Kill (or terminate) a run mid-training, resume it, and get the run the options asked for.
+
+    SIGTERM, what a container runtime or a scheduler's pre-emption sends, ends the run like Ctrl-C:
+    exit 143 and one Error line within seconds.
+    """
     import signal
     import subprocess
-    import sys
     import time
-
-    from conftest import ROOT
 
     folder = tmp_path / "run"
     arguments = ["train", "--limit", "1500", "--epochs", "4", "--patience", "10",
                  "--output-dir", str(folder)]
-    process = subprocess.Popen([sys.executable, "-m", "edgekit.cli", *arguments], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_edgekit(*arguments, stdout=subprocess.DEVNULL)
     state = folder / "checkpoints" / "state.json"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not state.is_file():
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(getattr(signal, signal_name))
+    if signal_name == "SIGTERM":
+        assert_stopped_with_one_line(process, 143, "Error: terminated", seconds=30)
+    else:
+        process.communicate()
     assert state.is_file(), "the run never finished an epoch"
     interrupted = json.loads(state.read_text())
     assert 1 <= interrupted["epoch"] < 4

@@ -9,6 +9,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from edgekit import errors
+from edgekit.contract import FASHION_MNIST
 from edgekit.device import images, runtime
 
 # derandomize: CI on a fresh clone explores the same examples every run (no flaky red).
@@ -21,7 +22,7 @@ FAST = settings(max_examples=60, deadline=None, derandomize=True,
                   shape=hnp.array_shapes(min_dims=1, max_dims=5, min_side=0, max_side=30)))
 def test_check_pixels_accepts_or_raises_value_error(array):
     try:
-        checked = runtime.check_pixels(array)
+        checked = runtime.check_pixels(array, FASHION_MNIST.shape)
     except ValueError:
         return
     assert checked.dtype == np.uint8
@@ -32,7 +33,7 @@ def test_check_pixels_accepts_or_raises_value_error(array):
 @given(hnp.arrays(np.float32, (2, 28, 28, 1),
                   elements=st.floats(0, 255, width=32, allow_nan=False)))
 def test_in_range_floats_round_to_the_same_pixels(array):
-    checked = runtime.check_pixels(array)
+    checked = runtime.check_pixels(array, FASHION_MNIST.shape)
     assert np.array_equal(checked, np.rint(array).astype(np.uint8))
 
 
@@ -53,7 +54,7 @@ def test_any_decodable_image_becomes_model_input(width, height, mode, file_forma
         picture = Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).convert(mode)
     path = tmp_path_factory.mktemp("img") / f"x.{file_format.lower()}"
     picture.save(path, format=file_format)
-    prepared = images.prepare(path)
+    prepared = images.prepare(path, FASHION_MNIST)
     assert prepared.pixels.shape == (28, 28, 1) and prepared.pixels.dtype == np.uint8
 
 
@@ -63,7 +64,7 @@ def test_random_bytes_are_an_image_error_or_an_image(data, tmp_path_factory):
     path = tmp_path_factory.mktemp("bytes") / "blob.png"
     path.write_bytes(data)
     try:
-        prepared = images.prepare(path)
+        prepared = images.prepare(path, FASHION_MNIST)
     except errors.ImageError:
         return
     assert prepared.pixels.shape == (28, 28, 1)
@@ -84,7 +85,7 @@ def test_truncated_png_is_an_error_never_garbage(cut, tmp_path_factory):
     path = folder / "cut.png"
     path.write_bytes(data[: cut % len(data)])
     try:
-        prepared = images.prepare(path)
+        prepared = images.prepare(path, FASHION_MNIST)
     except errors.ImageError:
         return
-    assert np.array_equal(prepared.pixels, images.prepare(whole).pixels)
+    assert np.array_equal(prepared.pixels, images.prepare(whole, FASHION_MNIST).pixels)

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import ARTIFACTS
 from edgekit import errors
-from edgekit.contract import LABELS
+from edgekit.contract import FASHION_MNIST, LABELS
 from edgekit.device import runtime
 
 
@@ -156,17 +156,17 @@ def test_dequantize_is_float32_and_exact():
 
 def test_uint8_pixels_pass_the_check_unchanged():
     pixels = np.zeros((2, 28, 28, 1), np.uint8)
-    assert runtime.check_pixels(pixels) is pixels  # the single-image path does no work
+    assert runtime.check_pixels(pixels, (28, 28, 1)) is pixels  # the single-image path does no work
     with pytest.raises(ValueError, match="no images"):
-        runtime.check_pixels(np.zeros((0, 28, 28, 1), np.uint8))
+        runtime.check_pixels(np.zeros((0, 28, 28, 1), np.uint8), (28, 28, 1))
     with pytest.raises(ValueError, match="shape"):
-        runtime.check_pixels(np.zeros((2, 28, 28, 3), np.uint8))
+        runtime.check_pixels(np.zeros((2, 28, 28, 3), np.uint8), (28, 28, 1))
 
 
 @pytest.mark.parametrize("scale", [float("nan"), float("inf"), -0.5])
 def test_a_damaged_quantisation_scale_is_refused(tmp_path, scale):
-    model = runtime.LoadedModel(tmp_path / "model.tflite", None, LABELS)
+    model = runtime.LoadedModel(tmp_path / "model.tflite", None, FASHION_MNIST)
     model.input = runtime.TensorInfo("pixels", "int8", [1, 28, 28, 1], scale=1.0, zero_point=-128)
     model.output = runtime.TensorInfo("probabilities", "int8", [1, 10], scale=scale, zero_point=-128)
     with pytest.raises(errors.ModelError, match="not a positive number"):
-        model._check_contract()
+        model._check_tensors()

@@ -1,7 +1,9 @@
 """``exported/manifest.json``: the device-side contract (standard library only).
 
-The manifest names the reference model, the labels, the input contract and one entry per
-artifact with its size, sha256, tensors and measured parity metrics. Every ``file`` is a
+The manifest names the reference model, the labels, the input contract (schema 2: size,
+channels, preparation of an image file; see :mod:`edgekit.contract`), the dataset and its
+split, and one entry per artifact with its size, sha256, tensors and measured parity metrics.
+Schema-1 manifests (Fashion-MNIST releases before the contract became data) still load. Every ``file`` is a
 plain name inside the manifest's folder; anything pointing elsewhere is refused.
 """
 
@@ -12,23 +14,34 @@ from pathlib import Path
 from typing import Any
 
 from edgekit import __version__, errors, fileio
-from edgekit.contract import INPUT_CONTRACT, LABELS
+from edgekit.contract import FASHION_MNIST, InputContract
 
 MANIFEST_FILE = "manifest.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 REQUIRED_TOP = ("schema_version", "labels", "input", "artifacts")
 REQUIRED_ARTIFACT = ("file", "format", "precision", "bytes", "sha256", "inputs", "outputs")
 
 
-def empty() -> dict[str, Any]:
+def empty(contract: InputContract = FASHION_MNIST) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "generator": f"edgekit {__version__}",
-        "labels": list(LABELS),
-        "input": dict(INPUT_CONTRACT),
+        "labels": list(contract.labels),
+        "input": contract.to_dict(),
         "reference": None,
         "artifacts": [],
     }
+
+
+def contract_of(payload: dict[str, Any], folder: Path | str = ".") -> InputContract:
+    """The input contract a (validated) manifest records."""
+    try:
+        return InputContract.from_dict(payload["input"], payload["labels"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise errors.ManifestError(
+            f"{path_in(Path(folder))}: its input contract is unreadable ({error}). Regenerate it "
+            "with `edgekit export`.") from error
 
 
 def path_in(folder: Path) -> Path:
@@ -53,19 +66,22 @@ def load(folder: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_or_empty(folder: str | Path) -> dict[str, Any]:
-    return load(folder) if path_in(Path(folder)).is_file() else empty()
+def load_or_empty(folder: str | Path, contract: InputContract = FASHION_MNIST) -> dict[str, Any]:
+    return load(folder) if path_in(Path(folder)).is_file() else empty(contract)
 
 
 def validate(payload: Any, path: Path) -> None:
     if not isinstance(payload, dict):
         raise errors.ManifestError(f"{path} is not a JSON object. Regenerate it with `edgekit export`.")
     _require(payload, REQUIRED_TOP, str(path))
-    if payload["schema_version"] != SCHEMA_VERSION:
+    if payload["schema_version"] not in READABLE_SCHEMAS:
         raise errors.ManifestError(
             f"{path} has schema version {payload['schema_version']!r}; this edgekit reads "
-            f"{SCHEMA_VERSION}. Regenerate it with this version's `edgekit export`."
+            f"{', '.join(map(str, READABLE_SCHEMAS))}. Regenerate it with this version's "
+            "`edgekit export`."
         )
+    if not isinstance(payload["input"], dict) or not isinstance(payload["labels"], list):
+        raise errors.ManifestError(f"{path}: 'input' must be an object and 'labels' a list.")
     if not isinstance(payload["artifacts"], list):
         raise errors.ManifestError(f"{path}: 'artifacts' must be a list.")
     for index, entry in enumerate(payload["artifacts"]):

@@ -8,14 +8,18 @@ code 1; Ctrl-C exits 130 and SIGTERM 143, each with one line.
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
+from edgekit.cli import signals
 
-import click
+signals.install()  # first of all, before Click and any command's imports: a SIGTERM is honoured
 
-from edgekit import __version__
-from edgekit.cli import benchmark, data_cmd, evaluate, export, predict, signals, train, verify
+import os  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import click  # noqa: E402
+
+from edgekit import __version__  # noqa: E402
+from edgekit.cli import benchmark, data_cmd, evaluate, export, predict, train, verify  # noqa: E402
 
 # Quiet TensorFlow's C++ start-up chatter; set before any command imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -50,7 +54,7 @@ TERMINATED = ("Error: terminated (SIGTERM). Files already written are complete; 
 
 def run() -> None:
     """Console entry point: every user error, usage errors included, exits with code 1."""
-    signals.install()  # before any command's heavy imports: a SIGTERM at once is honoured
+    signals.install()  # again, in case a caller imported edgekit.cli and restored SIGTERM
     try:
         code = main.main(standalone_mode=False)
     except click.ClickException as error:

@@ -29,7 +29,7 @@ def predict(images: tuple[Path, ...], model_path: Path, top_k: int, as_json: boo
     from edgekit.device import runtime
 
     model = runtime.load(model_path, threads=threads, verify_sha256=not no_verify_sha256)
-    prepared = [images_module.prepare(path) for path in images]
+    prepared = [images_module.prepare(path, model.contract) for path in images]
     probabilities = model.predict(np.stack([item.pixels for item in prepared]))
     results: list[dict[str, Any]] = []
     for item, row in zip(prepared, probabilities, strict=True):

@@ -42,6 +42,8 @@ def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | Non
     click.echo("")
     for line in verify_module.table(results):
         click.echo(line)
+    for line in verify_module.warnings(results):
+        click.echo(line)
     failed = [result for result in results if not result.passed]
     seconds = time.perf_counter() - started
     if failed:

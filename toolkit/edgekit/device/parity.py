@@ -3,6 +3,11 @@
 Device-safe (numpy and the standard library). Definitions follow DESIGN.md: accuracy,
 top-1 agreement with the reference, max/mean absolute probability difference, the flip
 table, per-class accuracy deltas and McNemar's exact test on correctness.
+
+A user's test split may be small (with 100 images one flip is 1 %), so the agreement and the
+accuracy drop carry 95 % Wilson intervals: a bar fails only when the whole interval misses it;
+when the interval straddles the bar the check passes with a warning that says how many images
+would show the bar is met.
 """
 
 from __future__ import annotations
@@ -12,8 +17,6 @@ import math
 from typing import Any
 
 import numpy as np
-
-from edgekit.contract import LABELS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,76 @@ class Check:
     bar: float | None
     passed: bool
     comparison: str  # ">=" or "<="
+    warning: str | None = None  # passed, but the sample is too small to show the bar is met
+    interval: tuple[float, float] | None = None  # 95 % interval of the value
+
+
+Z_95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+def wilson_interval(successes: int, total: int, z: float = Z_95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (good at 0 % and 100 %, unlike Wald)."""
+    if total <= 0:
+        return (0.0, 1.0)
+    rate = successes / total
+    denominator = 1 + z * z / total
+    centre = (rate + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(rate * (1 - rate) / total + z * z / (4 * total * total)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def images_needed(rate: float, bar: float, z: float = Z_95) -> int | None:
+    """How many images, at this observed ``rate``, would put the Wilson lower bound at ``bar``."""
+    if rate <= bar:
+        return None
+    total = 1
+    while wilson_interval(round(rate * total), total, z)[0] < bar:
+        total *= 2
+        if total > 10**9:
+            return None
+    low, high = total // 2, total
+    while low + 1 < high:
+        middle = (low + high) // 2
+        if wilson_interval(round(rate * middle), middle, z)[0] >= bar:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def agreement_check(agreeing: int, total: int, bar_percent: float) -> Check:
+    rate, bar = agreeing / total, bar_percent / 100
+    low, high = wilson_interval(agreeing, total)
+    warning = None
+    if high < bar - 1e-12:
+        passed = False
+    else:
+        passed = True
+        if low < bar - 1e-12:
+            needed = images_needed(rate, bar)
+            warning = (f"{total:,} images cannot show agreement >= {bar_percent:g} % (95 % "
+                       f"interval {100 * low:.2f}-{100 * high:.2f} %)"
+                       + (f"; about {needed:,} would at this rate" if needed else ""))
+    return Check("agreement_percent", 100 * rate, bar_percent, passed, ">=", warning,
+                 (100 * low, 100 * high))
+
+
+def accuracy_drop_check(reference_only: int, artifact_only: int, total: int,
+                        bar_pp: float) -> Check:
+    """The drop (b - c) / n with an interval from the Wilson interval of b among b + c flips."""
+    drop = 100 * (reference_only - artifact_only) / total
+    discordant = reference_only + artifact_only
+    share_low, share_high = wilson_interval(reference_only, discordant)
+    low = 100 * discordant / total * (2 * share_low - 1)
+    high = 100 * discordant / total * (2 * share_high - 1)
+    passed, warning = True, None
+    if low > bar_pp + 1e-9:
+        passed = False
+    elif high > bar_pp + 1e-9:
+        if drop > bar_pp + 1e-9 or discordant * 100 / total > bar_pp:
+            warning = (f"{total:,} images cannot show an accuracy drop <= {bar_pp:g} pp (95 % "
+                       f"interval {low:+.2f} to {high:+.2f} pp over {discordant} changed answers)")
+    return Check("accuracy_drop_pp", drop, bar_pp, passed, "<=", warning, (low, high))
 
 
 def mcnemar_exact(reference_correct: np.ndarray, artifact_correct: np.ndarray) -> dict[str, Any]:
@@ -90,7 +163,7 @@ def mcnemar_exact(reference_correct: np.ndarray, artifact_correct: np.ndarray) -
 
 
 def measure(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray,
-            indices: np.ndarray | None = None) -> dict[str, Any]:
+            class_names: tuple[str, ...], indices: np.ndarray | None = None) -> dict[str, Any]:
     """Every parity measure of ``outputs`` against ``reference`` on the same images."""
     if reference.shape != outputs.shape:
         raise ValueError(f"outputs have shape {outputs.shape}, reference {reference.shape}")
@@ -103,7 +176,7 @@ def measure(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray,
     difference = np.abs(outputs.astype(np.float64) - reference.astype(np.float64))
     flipped = np.flatnonzero(reference_class != artifact_class)
     per_class = {}
-    for label_index, label in enumerate(LABELS):
+    for label_index, label in enumerate(class_names):
         members = labels == label_index
         if members.any():
             per_class[label] = {
@@ -120,11 +193,13 @@ def measure(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray,
         "reference_accuracy": reference_accuracy,
         "accuracy_drop_pp": 100 * (reference_accuracy - accuracy),
         "agreement": float((reference_class == artifact_class).mean()),
+        "agreeing": int((reference_class == artifact_class).sum()),
         "max_abs_diff": float(difference.max()),
         "mean_abs_diff": float(difference.mean()),
         "flips": [
-            {"index": int(indices[i]), "true": LABELS[labels[i]],
-             "reference": LABELS[reference_class[i]], "artifact": LABELS[artifact_class[i]]}
+            {"index": int(indices[i]), "true": class_names[labels[i]],
+             "reference": class_names[reference_class[i]],
+             "artifact": class_names[artifact_class[i]]}
             for i in flipped
         ],
         "per_class": per_class,
@@ -134,14 +209,16 @@ def measure(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray,
 
 def check(measures: dict[str, Any], bar: Bar) -> list[Check]:
     """Compare measures with a bar; returns every check, passed or not."""
-    agreement_percent = 100 * measures["agreement"]
-    checks = [Check("agreement_percent", agreement_percent, bar.min_agreement_percent,
-                    agreement_percent >= bar.min_agreement_percent - 1e-9, ">=")]
+    total = int(measures["images"])
+    agreeing = int(measures.get("agreeing", round(measures["agreement"] * total)))
+    checks = [agreement_check(agreeing, total, bar.min_agreement_percent)]
     if bar.max_abs_diff is not None:
         checks.append(Check("max_abs_diff", measures["max_abs_diff"], bar.max_abs_diff,
                             measures["max_abs_diff"] <= bar.max_abs_diff, "<="))
     else:
         checks.append(Check("max_abs_diff", measures["max_abs_diff"], None, True, "<="))
-    checks.append(Check("accuracy_drop_pp", measures["accuracy_drop_pp"], bar.max_accuracy_drop_pp,
-                        measures["accuracy_drop_pp"] <= bar.max_accuracy_drop_pp + 1e-9, "<="))
+    mcnemar = measures["mcnemar"]
+    checks.append(accuracy_drop_check(mcnemar["reference_only_correct"],
+                                      mcnemar["artifact_only_correct"], total,
+                                      bar.max_accuracy_drop_pp))
     return checks

@@ -3,7 +3,11 @@
 One call serves every artifact::
 
     model = edgekit.device.runtime.load("exported/model_int8.tflite")
-    probabilities = model.predict(pixels)   # uint8 [N, 28, 28, 1] -> float32 [N, 10]
+    probabilities = model.predict(pixels)   # uint8 [N, H, W, C] -> float32 [N, classes]
+
+The input contract (size, channels, labels, how an image file is prepared) comes from the
+manifest beside the file, else from the file's own edgekit metadata, else from its input
+tensor: never from a constant. ``model.contract`` holds it.
 
 Quantised inputs and outputs are converted with the tensors' own scale and zero point.
 Imports only numpy, the standard library and the two runtimes (the latter lazily).
@@ -20,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from edgekit import contract as contract_module
 from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
-from edgekit.contract import IMAGE_SIZE, LABELS, NUM_CLASSES
+from edgekit.contract import InputContract
 
 TFLITE_MAGIC = b"TFL3"
 DEFAULT_BATCH_SIZE = 256
@@ -43,31 +48,27 @@ class TensorInfo:
         return payload
 
 
-_IMAGE_AXES = (IMAGE_SIZE, IMAGE_SIZE, 1)
-
-
-def check_pixels(pixels: Any) -> np.ndarray:
-    """Validate raw pixels and return them as uint8 ``[N, 28, 28, 1]``.
+def check_pixels(pixels: Any, shape: tuple[int, int, int]) -> np.ndarray:
+    """Validate raw pixels and return them as uint8 ``[N, *shape]``.
 
     Accepts uint8, or integer/float arrays whose values are finite and within 0..255.
-    A single image (``[28, 28]`` or ``[28, 28, 1]``) and ``[N, 28, 28]`` are given the
-    missing axes. Anything else raises ``ValueError`` naming the problem.
+    A single image (``[H, W]`` for grey, ``[H, W, C]``) and ``[N, H, W]`` for grey are given
+    the missing axes. Anything else raises ``ValueError`` naming the problem.
     """
     if (type(pixels) is np.ndarray and pixels.dtype == np.uint8
-            and pixels.shape[1:] == _IMAGE_AXES and len(pixels)):
+            and pixels.shape[1:] == shape and len(pixels)):
         return pixels  # already what the models take: the single-image path stays short
     array = np.asarray(pixels)
     if array.dtype == np.bool_ or not (np.issubdtype(array.dtype, np.integer)
                                        or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f"pixels must be uint8 (or numbers in 0..255), got dtype {array.dtype}")
-    if array.ndim == 2:
+    if array.ndim == 2 and shape[2] == 1:
         array = array[None, :, :, None]
     elif array.ndim == 3:
-        array = array[None] if array.shape[-1] == 1 and array.shape[0] == IMAGE_SIZE else array[..., None]
-    if array.ndim != 4 or array.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 1):
-        raise ValueError(
-            f"pixels must have shape [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 1], got {list(np.shape(pixels))}"
-        )
+        array = array[None] if array.shape == shape else array[..., None]
+    if array.ndim != 4 or array.shape[1:] != shape:
+        raise ValueError(f"pixels must have shape [N, {', '.join(map(str, shape))}], "
+                         f"got {list(np.shape(pixels))}")
     if array.shape[0] == 0:
         raise ValueError("pixels hold no images (N = 0)")
     if array.dtype == np.uint8:
@@ -110,15 +111,20 @@ class LoadedModel:
 
     format = ""
 
-    def __init__(self, path: Path, threads: int | None, labels: tuple[str, ...]) -> None:
+    def __init__(self, path: Path, threads: int | None, contract: InputContract | None) -> None:
         self.path = path
         self.threads = threads
-        self.labels = labels
+        self._given_contract = contract  # from the manifest; else the file's metadata decides
+        self.contract: InputContract
         self.input: TensorInfo
         self.output: TensorInfo
 
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.contract.labels
+
     def predict(self, pixels: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-        images = check_pixels(pixels)
+        images = check_pixels(pixels, self.contract.shape)
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         if len(images) <= batch_size:  # one batch, the single-image path: no list, no copy
@@ -140,7 +146,7 @@ class LoadedModel:
             return images.astype(self.input.dtype)
         return quantize(images, self.input)
 
-    def _check_contract(self) -> None:
+    def _check_tensors(self) -> None:
         for role, tensor in (("input", self.input), ("output", self.output)):
             if tensor.scale is not None and not (np.isfinite(tensor.scale) and tensor.scale > 0):
                 raise errors.ModelError(
@@ -155,17 +161,43 @@ class LoadedModel:
                     "models with float32/float16 or quantised uint8/int8 tensors. Re-export it "
                     "with `edgekit export`."
                 )
-        shape = self.input.shape
-        if len(shape) != 4 or list(shape[1:]) != [IMAGE_SIZE, IMAGE_SIZE, 1]:
+
+    def _settle_contract(self, metadata: dict[str, Any] | None) -> None:
+        """The contract: the manifest's, else the file's embedded one, else the tensors' own."""
+        shape, classes = self.input.shape, self.output.shape
+        if len(shape) != 4 or any(d is None for d in shape[1:]) or shape[3] not in (1, 3):
             raise errors.ModelError(
-                f"{self.path.name} takes input of shape {shape}, not [N, {IMAGE_SIZE}, "
-                f"{IMAGE_SIZE}, 1]: it is not a model for this input contract."
-            )
-        if len(self.output.shape) != 2 or self.output.shape[-1] != NUM_CLASSES:
+                f"{self.path.name} takes input of shape {shape}, not [N, height, width, 1 or 3]: "
+                "it is not an image classifier edgekit can run.")
+        if len(classes) != 2 or classes[-1] is None or classes[-1] < 2:
             raise errors.ModelError(
-                f"{self.path.name} outputs shape {self.output.shape}, not [N, {NUM_CLASSES}]: "
-                "it is not a 10-class classifier."
-            )
+                f"{self.path.name} outputs shape {classes}, not [N, classes]: it is not a "
+                "classifier edgekit can run.")
+        height, width, channels = (int(d) for d in shape[1:])  # type: ignore[arg-type]
+        contract = self._given_contract
+        source = "its manifest"
+        if contract is None and metadata is not None and "input" in metadata:
+            source = "its embedded metadata"
+            try:
+                contract = InputContract.from_dict(metadata["input"], metadata.get("labels", ()))
+            except (KeyError, TypeError, ValueError):
+                contract = None  # unreadable metadata: fall back to the tensors
+        if contract is None:
+            contract = InputContract(
+                height=height, width=width, channels=channels,
+                labels=contract_module.placeholder_labels(int(classes[-1])),
+                preparation=contract_module.default_preparation(channels))
+            source = "its input tensor"
+        if contract.shape != (height, width, channels):
+            raise errors.ModelError(
+                f"{self.path.name} takes input of shape {shape}, not {contract.describe_shape()} "
+                f"as {source} records: it is not a model for this input contract.")
+        if contract.num_classes != classes[-1]:
+            raise errors.ModelError(
+                f"{self.path.name} outputs shape {classes}, but {source} names "
+                f"{contract.num_classes} classes: it is not a {contract.num_classes}-class "
+                "classifier.")
+        self.contract = contract
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -177,8 +209,8 @@ class LoadedModel:
 class OnnxRuntimeModel(LoadedModel):
     format = "onnx"
 
-    def __init__(self, path: Path, threads: int | None, labels: tuple[str, ...]) -> None:
-        super().__init__(path, threads, labels)
+    def __init__(self, path: Path, threads: int | None, contract: InputContract | None) -> None:
+        super().__init__(path, threads, contract)
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -202,10 +234,8 @@ class OnnxRuntimeModel(LoadedModel):
                                 [_dimension(d) for d in model_input.shape])
         self.output = TensorInfo(model_output.name, _onnx_dtype(model_output.type),
                                  [_dimension(d) for d in model_output.shape])
-        self._check_contract()
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        if "labels" in metadata:
-            self.labels = tuple(json.loads(metadata["labels"]))
+        self._check_tensors()
+        self._settle_contract(_onnx_metadata(self.session))
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         (result,) = self.session.run([self.output.name], {self.input.name: self._prepare(images)})
@@ -226,9 +256,9 @@ XNNPACK_MODES = ("default", "latest", "off")
 class LiteRTModel(LoadedModel):
     format = "tflite"
 
-    def __init__(self, path: Path, threads: int | None, labels: tuple[str, ...],
+    def __init__(self, path: Path, threads: int | None, contract: InputContract | None,
                  xnnpack: str = "default") -> None:
-        super().__init__(path, threads, labels)
+        super().__init__(path, threads, contract)
         from ai_edge_litert import interpreter as litert
 
         if xnnpack not in XNNPACK_MODES:
@@ -255,16 +285,14 @@ class LiteRTModel(LoadedModel):
         self._output_index = output_detail["index"]
         self.input = _litert_tensor(input_detail)
         self.output = _litert_tensor(output_detail)
-        self._check_contract()
+        self._check_tensors()
+        self._settle_contract(_tflite_metadata(path))
         self._batch = int(input_detail["shape"][0])
-        metadata = _tflite_metadata(path)
-        if metadata and "labels" in metadata:
-            self.labels = tuple(metadata["labels"])
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         if len(images) != self._batch:
-            self.interpreter.resize_tensor_input(self._input_index, [len(images), IMAGE_SIZE,
-                                                                     IMAGE_SIZE, 1])
+            self.interpreter.resize_tensor_input(self._input_index,
+                                                 [len(images), *self.contract.shape])
             self.interpreter.allocate_tensors()
             self._batch = len(images)
         self.interpreter.set_tensor(self._input_index, self._prepare(images))
@@ -298,11 +326,11 @@ def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256
     if runtime_class is None:
         raise errors.ModelError(_unknown_format(path))
     _check_file_kind(path)
-    labels = LABELS
+    contract = None
     entry = manifest_entry(path)
     if entry is not None:
         manifest, artifact = entry
-        labels = tuple(manifest.get("labels", LABELS))
+        contract = manifest_module.contract_of(manifest, path.parent)
         if verify_sha256:
             actual = fileio.sha256_of(path)
             if actual != artifact["sha256"]:
@@ -316,8 +344,8 @@ def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256
     if check_graph is not None:
         check_graph(path)
     if runtime_class is LiteRTModel:
-        return LiteRTModel(path, threads, labels, xnnpack=xnnpack)
-    return runtime_class(path, threads, labels)
+        return LiteRTModel(path, threads, contract, xnnpack=xnnpack)
+    return runtime_class(path, threads, contract)
 
 
 def manifest_entry(path: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -362,6 +390,15 @@ def _check_file_kind(path: Path) -> None:
         raise errors.ModelError(
             f"{path} is a TFLite flatbuffer named .onnx; rename it to .tflite."
         )
+
+
+def _onnx_metadata(session: Any) -> dict[str, Any] | None:
+    """The edgekit entries of an ONNX file's metadata_props (JSON values decoded)."""
+    entries = session.get_modelmeta().custom_metadata_map
+    try:
+        return {key: json.loads(entries[key]) for key in ("labels", "input") if key in entries}
+    except json.JSONDecodeError:
+        return None
 
 
 def _tflite_metadata(path: Path) -> dict[str, Any] | None:

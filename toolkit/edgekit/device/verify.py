@@ -99,6 +99,7 @@ def verify(folder: Path, bars: dict[str, parity.Bar], golden: bool = False,
     manifest = manifest_module.load(folder)
     if not manifest["artifacts"]:
         raise errors.ManifestError(f"{folder}/manifest.json lists no artifacts; run `edgekit export`.")
+    contract = manifest_module.contract_of(manifest, folder)
     reference = load_reference(folder, manifest, golden, data_dir)
     images = reference.images
     results = []
@@ -110,7 +111,7 @@ def verify(folder: Path, bars: dict[str, parity.Bar], golden: bool = False,
                                  check_graph=check_graph)
             outputs = model.predict(images)
             result.measures = parity.measure(reference.probabilities, outputs, reference.labels,
-                                             reference.indices)
+                                             contract.labels, reference.indices)
             bar = bars.get(entry["precision"])
             if bar is None:
                 raise errors.ParityError(f"no parity bar for precision {entry['precision']!r}")
@@ -137,7 +138,7 @@ def format_value(measure: str, value: float | None) -> str:
 
 def _cell(cells: dict[str, parity.Check], name: str) -> str:
     check = cells[name]
-    mark = "✓" if check.passed else "✗"
+    mark = "✗" if not check.passed else "⚠" if check.warning else "✓"
     return f"{format_value(name, check.value)} ({format_value(name, check.bar)}) {mark}"
 
 
@@ -160,6 +161,12 @@ def table(results: list[ArtifactResult]) -> list[str]:
             f"{cell('accuracy_drop_pp'):>22} | {len(measures['flips']):>5} | "
             f"{measures['mcnemar']['p_value']:>9.3f} | {'✓' if result.passed else '✗'}  |")
     return lines
+
+
+def warnings(results: list[ArtifactResult]) -> list[str]:
+    """One line per check that passed on a sample too small to show its bar is met."""
+    return [f"warning: {result.file}: {check.warning}" for result in results
+            for check in result.checks if check.warning]
 
 
 def write_reports(folder: Path, manifest: dict[str, Any], results: list[ArtifactResult],
@@ -205,8 +212,12 @@ def write_reports(folder: Path, manifest: dict[str, Any], results: list[Artifact
 
 def markdown(results: list[ArtifactResult], source: str) -> str:
     lines = [f"# Parity against the Keras reference ({source})", "",
-             "Bars in brackets; ✓ passed, ✗ failed. Produced by `edgekit verify`.", ""]
+             "Bars in brackets; ✓ passed, ✗ failed, ⚠ passed but the sample is too small to "
+             "show the bar is met (95 % Wilson interval). Produced by `edgekit verify`.", ""]
     lines += table(results)
+    notes = warnings(results)
+    if notes:
+        lines += [""] + [f"- {note.removeprefix('warning: ')}" for note in notes]
     for result in results:
         if result.measures is None:
             continue
