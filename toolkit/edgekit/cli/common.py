@@ -46,10 +46,50 @@ def config_or_bad_parameter(factory: Callable[..., Any], **fields: Any) -> Any:
         raise click.BadParameter(str(error)) from None
 
 
+DATA_HELP = ("fashion-mnist (looked up in EDGEKIT_DATA_DIR, Keras' cache, "
+             "/usr/share/datasets/fashion-mnist), a folder holding its four IDX .gz files, or a "
+             "folder of images with one sub-folder per class (optional train/ val/ test/).")
+
+
+def _data_options(command: F, default: str | None, extra_help: str) -> F:
+    command = click.option(
+        "--skip-bad-images", is_flag=True,
+        help="Skip (and count) files of a folder dataset that are not readable images, "
+             "instead of stopping at the first.")(command)
+    return click.option("--data", "data", default=default, show_default=default is not None,
+                        metavar="fashion-mnist|DIR", help=DATA_HELP + extra_help)(command)
+
+
+def data_option(command: F) -> F:
+    """``--data`` and ``--skip-bad-images``: which dataset a command reads."""
+    return _data_options(command, "fashion-mnist", "")
+
+
+def recorded_data_option(command: F) -> F:
+    """The same for commands on a trained model: by default, the data it was trained on."""
+    return _data_options(command, None, " Default: the data the model was trained on (its "
+                                        "run's dataset.json or the release's manifest), else "
+                                        "fashion-mnist.")
+
+
+def data_spec(data: str | None, skip_bad_images: bool, image_size: str | None = None,
+              color_mode: str | None = None) -> Any:
+    """The options as a DataSpec, or None for "the model's own" (bad values: usage errors)."""
+    from edgekit.device import datasets
+
+    if data is None:
+        return None
+    try:
+        size = None if image_size is None else datasets.parse_image_size(image_size)
+        return datasets.DataSpec(data, size, color_mode, skip_bad_images)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+# The benchmark's own dataset option until it reads --data like the other commands.
 data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Folder with the four Fashion-MNIST .gz files (default: EDGEKIT_DATA_DIR, Keras' cache, "
-         "/usr/share/datasets/fashion-mnist).")
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True,
+    help="Folder with the four Fashion-MNIST .gz files.")
 
 
 def optional_str(path: Path | None) -> str | None:

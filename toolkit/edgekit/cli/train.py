@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgekit.cli.common import config_or_bad_parameter, data_dir_option, friendly_errors, optional_str
+from edgekit.cli.common import config_or_bad_parameter, data_option, data_spec, friendly_errors
 
 
 @click.command()
@@ -33,12 +33,18 @@ from edgekit.cli.common import config_or_bad_parameter, data_dir_option, friendl
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run in --output-dir from its last completed epoch "
                    "(same options as the interrupted run).")
-@data_dir_option
+@data_option
+@click.option("--image-size", default=None, metavar="H[xW]",
+              help="A folder dataset's model input size (default: its most common image size, "
+                   "at most 224).")
+@click.option("--color-mode", type=click.Choice(["grayscale", "rgb"]), default=None,
+              help="A folder dataset's colour (default: RGB unless every image is grey).")
 @friendly_errors
 def train(architecture: str, epochs: int | None, batch_size: int | None,
           learning_rate: float | None, patience: int | None, seed: int | None,
           validation_fraction: float | None, augment: bool | None, limit: int | None,
-          config_file: Path | None, output_dir: Path, resume: bool, data_dir: Path | None) -> None:
+          config_file: Path | None, output_dir: Path, resume: bool, data: str,
+          skip_bad_images: bool, image_size: str | None, color_mode: str | None) -> None:
     """Train a Keras model (validation split from the training data; test set untouched).
 
     Defaults come from the architecture's recipe (see edgekit.workstation.config.RECIPES).
@@ -61,10 +67,10 @@ def train(architecture: str, epochs: int | None, batch_size: int | None,
         config = TrainConfig.for_architecture(architecture, **overrides)
     except (ValueError, TypeError) as error:
         raise click.BadParameter(str(error)) from None
+    spec = data_spec(data, skip_bad_images, image_size, color_mode)
     from edgekit.workstation import training
 
-    record = training.train(config, output_dir, data_dir=optional_str(data_dir),
-                            resume=resume)
+    record = training.train(config, output_dir, spec, resume=resume)
     model_path = output_dir / training.MODEL_FILE
     click.echo(f"saved {model_path} ({record['parameters']:,} parameters; best epoch "
                f"{record['best_epoch']} of {record['epochs_run']}, validation accuracy "
@@ -85,22 +91,23 @@ def train(architecture: str, epochs: int | None, batch_size: int | None,
 @click.option("--limit", type=int, default=None, help="Search on the first N training images.")
 @click.option("--output-dir", type=click.Path(path_type=Path), default=Path("runs/tune"),
               show_default=True)
-@data_dir_option
+@data_option
 @friendly_errors
 def tune(architecture: str, method: str, max_trials: int, budget_minutes: float, epochs: int,
-         limit: int | None, output_dir: Path, data_dir: Path | None) -> None:
+         limit: int | None, output_dir: Path, data: str, skip_bad_images: bool) -> None:
     """Search hyperparameters with KerasTuner on the validation split, within a time budget."""
     from edgekit.workstation.config import TrainConfig
 
     base = config_or_bad_parameter(TrainConfig.for_architecture, architecture=architecture,
                                    epochs=epochs, limit=limit)
+    spec = data_spec(data, skip_bad_images)
     from edgekit.workstation import tune as tune_module
 
     result = tune_module.tune(base, output_dir, method=method, max_trials=max_trials,
-                              budget_minutes=budget_minutes,
-                              data_dir=optional_str(data_dir), echo=click.echo)
+                              budget_minutes=budget_minutes, spec=spec, echo=click.echo)
     for line in tune_module.markdown(result["trials"]):
         click.echo(line)
     click.echo(f"best: trial {result['best']['trial']}, validation accuracy "
                f"{result['best']['val_accuracy']:.2%}; wrote {output_dir}/trials.json, trials.md")
-    click.echo(f"Next: edgekit train --config {result['best_config_path']} --epochs 40")
+    data_hint = "" if spec.is_fashion_mnist else f" --data {data}"
+    click.echo(f"Next: edgekit train --config {result['best_config_path']} --epochs 40{data_hint}")

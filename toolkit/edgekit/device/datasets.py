@@ -1,10 +1,13 @@
-"""Fashion-MNIST: find the four IDX files, validate them, load them as numpy arrays.
+"""Datasets: Fashion-MNIST's four IDX files, or a folder of images (:mod:`edgekit.device.folders`).
 
-Device-safe: only numpy and the standard library, so ``edgekit verify`` can read the test
-set without TensorFlow. Keras is imported only for the last-resort download.
+``--data`` names one: ``fashion-mnist`` (the default, looked up as below), a folder holding the
+four IDX files, or a folder of class folders. :func:`open_dataset` returns uint8 images at the
+model's size with the input contract they were prepared for, and a record of where each image
+came from. Device-safe: numpy, Pillow and the standard library, so ``edgekit verify`` can read
+a test split without TensorFlow; Keras' download is passed in by the workstation.
 
 Lookup order (the first location holding the four files wins):
-1. ``--data-dir`` / ``EDGEKIT_DATA_DIR`` (an explicit folder must hold them: no fallback);
+1. ``--data DIR`` / ``EDGEKIT_DATA_DIR`` (an explicit folder must hold them: no fallback);
 2. Keras' cache, ``~/.keras/datasets/fashion-mnist/``;
 3. ``/usr/share/datasets/fashion-mnist/`` (Debian's ``dataset-fashion-mnist``);
 4. ``keras.datasets.fashion_mnist`` download (needs TensorFlow and internet).
@@ -19,11 +22,18 @@ import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgekit import errors
-from edgekit.contract import IMAGE_SIZE, NUM_CLASSES
+from edgekit.contract import FASHION_MNIST, InputContract
+from edgekit.device import folders
+
+IMAGE_SIZE = FASHION_MNIST.height
+NUM_CLASSES = FASHION_MNIST.num_classes
+FASHION_MNIST_NAME = "fashion-mnist"
+MIN_IMAGE_SIZE = 8
 
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -40,7 +50,7 @@ OFFLINE_ENV_VAR = "EDGEKIT_OFFLINE"
 
 FIX_HINT = (
     "Install it with `apt-get install dataset-fashion-mnist` (Debian), run "
-    "`scripts/setup.sh`, or pass --data-dir / set EDGEKIT_DATA_DIR to a folder holding "
+    "`scripts/setup.sh`, or pass --data / set EDGEKIT_DATA_DIR to a folder holding "
     + ", ".join(FILES.values())
     + "."
 )
@@ -48,8 +58,9 @@ FIX_HINT = (
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # uint8 [N, 28, 28, 1]
-    labels: np.ndarray  # uint8 [N]
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # class indices [N]
+    files: tuple[str, ...] | None = None  # a folder dataset's relative paths, in order
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -57,7 +68,8 @@ class Split:
     def head(self, limit: int | None) -> Split:
         if limit is None or limit >= len(self):
             return self
-        return Split(self.images[:limit], self.labels[:limit])
+        return Split(self.images[:limit], self.labels[:limit],
+                     None if self.files is None else self.files[:limit])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +77,10 @@ class Dataset:
     train: Split
     test: Split
     source: Path
+    contract: InputContract = FASHION_MNIST
+    validation: Split | None = None  # None: training carves it from train (Fashion-MNIST)
+    record: dict[str, object] = dataclasses.field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 def keras_cache_dir() -> Path:
@@ -165,14 +181,127 @@ def read_idx_labels(path: Path, expected_count: int) -> np.ndarray:
 
 def load(data_dir: str | os.PathLike[str] | None = None,
          download: Callable[[], Path | None] | None = None) -> Dataset:
-    """``download``: the last resort when no folder holds the files (the workstation passes
-    Keras' download; the device side never imports Keras)."""
+    """Fashion-MNIST. ``download``: the last resort when no folder holds the files (the
+    workstation passes Keras' download; the device side never imports Keras)."""
     folder = locate(data_dir, download=download)
     return Dataset(
         train=load_split(folder, "train"),
         test=load_split(folder, "test"),
         source=folder,
+        record={"kind": FASHION_MNIST_NAME, "source": str(folder)},
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """What ``--data`` and its companions say: which dataset, and how to prepare a folder's."""
+
+    data: str = FASHION_MNIST_NAME
+    image_size: tuple[int, int] | None = None  # a folder's images: default their common size
+    color_mode: str | None = None  # grayscale | rgb; default RGB unless every image is grey
+    skip_bad_images: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", str(self.data))
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", tuple(int(d) for d in self.image_size))
+            if min(self.image_size) < MIN_IMAGE_SIZE:
+                raise ValueError(f"image size must be at least {MIN_IMAGE_SIZE} pixels")
+        if self.color_mode not in (None, "grayscale", "rgb"):
+            raise ValueError("colour mode must be grayscale or rgb")
+
+    @property
+    def is_fashion_mnist(self) -> bool:
+        return is_fashion_mnist(self.data)
+
+    def open(self, **options: Any) -> Dataset:
+        """:func:`open_dataset` with this spec's choices (``options`` as it takes them)."""
+        return open_dataset(self.data, size=self.image_size, color=self.color_mode,
+                            skip_bad=self.skip_bad_images, **options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": self.data, "image_size": None if self.image_size is None
+                else list(self.image_size), "color_mode": self.color_mode,
+                "skip_bad_images": self.skip_bad_images}
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``32`` or ``48x64`` (height x width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    try:
+        numbers = [int(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"image size {text!r} is not H or HxW (e.g. 32 or 48x64)") from None
+    if len(numbers) == 1:
+        numbers *= 2
+    if len(numbers) != 2:
+        raise ValueError(f"image size {text!r} is not H or HxW (e.g. 32 or 48x64)")
+    return (numbers[0], numbers[1])
+
+
+def is_fashion_mnist(data: str | os.PathLike[str] | None) -> bool:
+    """``--data`` names Fashion-MNIST: the name, nothing, or a folder with the IDX files."""
+    if data is None or str(data) == FASHION_MNIST_NAME:
+        return True
+    folder = Path(data)
+    # Any of the four IDX names (a truncated download): the IDX checks say what is missing.
+    return folder.is_dir() and any((folder / name).exists() for name in FILES.values())
+
+
+def open_dataset(data: str | os.PathLike[str] | None = None, *,
+                 download: Callable[[], Path | None] | None = None, seed: int = 42,
+                 size: tuple[int, int] | None = None, color: str | None = None,
+                 skip_bad: bool = False, contract: InputContract | None = None,
+                 record: dict[str, Any] | None = None, splits: tuple[str, ...] = ("train",
+                 "validation", "test")) -> Dataset:
+    """Any ``--data``: Fashion-MNIST, or a folder of images prepared for ``contract``.
+
+    For a folder, ``contract`` (a model's own) wins over ``size``/``color``, which win over
+    what the folder holds; ``record`` (from a run folder or a manifest) replays a recorded
+    split instead of making one; ``splits`` limits which splits are decoded (verify: test).
+    """
+    if is_fashion_mnist(data):
+        folder_or_none = None if data is None or str(data) == FASHION_MNIST_NAME else data
+        dataset = load(folder_or_none, download=download)
+        if contract is not None and contract.shape != FASHION_MNIST.shape:
+            raise errors.DataError(
+                f"the model takes {contract.describe_shape()} images; Fashion-MNIST's are "
+                f"{FASHION_MNIST.describe_shape()}. Pass the model's own dataset with --data DIR.")
+        return dataset
+    root = Path(data)  # type: ignore[arg-type]
+    record = record or folders.plan(root, seed=seed, skip_bad=skip_bad)
+    labels = tuple(record["labels"])
+    if contract is None:
+        contract = folders.infer_contract(root, record, size, color)
+    elif contract.num_classes != len(labels):
+        raise errors.DataError(
+            f"the model has {contract.num_classes} outputs but {root} has {len(labels)} class "
+            f"folders ({', '.join(labels)}); use the dataset the model was trained on.")
+    else:
+        contract = contract.with_labels(labels) if contract.labels != labels else contract
+    skipped = list(record.get("skipped_not_images", []))
+    prepared: dict[str, Split] = {}
+    for name in splits:
+        pixels, targets, used = folders.prepare_split(root, record["files"][name], contract,
+                                                      skip_bad, skipped)
+        if name == "train":  # class-sorted on disk: a seeded order, so --limit is a fair slice
+            order = np.random.default_rng(seed).permutation(len(targets))
+            pixels, targets, used = pixels[order], targets[order], [used[i] for i in order]
+        prepared[name] = Split(pixels, targets, tuple(used))
+    warnings = []
+    if skipped:
+        warnings.append(f"skipped {len(skipped)} file(s) that are not readable images "
+                        f"(first: {skipped[0]})")
+    if "train" in prepared and "test" in prepared:
+        twins = folders.duplicates_across(root, list(prepared["train"].files or ()),
+                                          list(prepared["test"].files or ()))
+        if twins:
+            warnings.append(f"{twins} test image(s) are byte-identical to training images: "
+                            "test accuracy will read high")
+    empty = Split(np.zeros((0, *contract.shape), np.uint8), np.zeros(0, np.int64), ())
+    return Dataset(train=prepared.get("train", empty), test=prepared.get("test", empty),
+                   source=root, contract=contract, validation=prepared.get("validation"),
+                   record={**record, "skipped": skipped}, warnings=tuple(warnings))
 
 
 def load_split(folder: Path, split: str) -> Split:
@@ -191,15 +320,19 @@ def load_test(data_dir: str | os.PathLike[str] | None = None) -> Split:
 
 def summary(dataset: Dataset) -> dict[str, object]:
     """Counts and class balance per split, for ``edgekit data``."""
-    from edgekit.contract import LABELS
-
-    result: dict[str, object] = {"source": str(dataset.source)}
-    for name, split in (("train", dataset.train), ("test", dataset.test)):
-        counts = np.bincount(split.labels, minlength=NUM_CLASSES)
+    labels = dataset.contract.labels
+    result: dict[str, object] = {"source": str(dataset.source),
+                                 "contract": dataset.contract.to_dict(), "labels": list(labels),
+                                 "warnings": list(dataset.warnings)}
+    named = [("train", dataset.train), ("validation", dataset.validation), ("test", dataset.test)]
+    for name, split in named:
+        if split is None:
+            continue
+        counts = np.bincount(split.labels, minlength=len(labels))
         result[name] = {
             "images": len(split),
             "shape": list(split.images.shape[1:]),
             "pixel_mean": round(float(split.images.mean()), 3),
-            "per_class": {label: int(count) for label, count in zip(LABELS, counts, strict=True)},
+            "per_class": {label: int(count) for label, count in zip(labels, counts, strict=True)},
         }
     return result

@@ -11,9 +11,8 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from edgekit import errors, fileio
-from edgekit.contract import LABELS
 from edgekit.device import datasets
-from edgekit.workstation import fashion_download, plots, training
+from edgekit.workstation import plots, training
 
 PREDICTION_GRID_SIZE = 32
 
@@ -50,11 +49,13 @@ def cross_entropy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))
 
 
-def evaluate(model_path: Path, output_dir: Path, data_dir: str | None = None) -> dict[str, Any]:
+def evaluate(model_path: Path, output_dir: Path,
+             spec: datasets.DataSpec | None = None) -> dict[str, Any]:
     output_dir = fileio.ensure_dir(output_dir)
     model = load_keras_model(model_path)
-    dataset = datasets.load(data_dir, download=fashion_download.download)
+    dataset = training.data_for_model(Path(model_path), model, spec)
     test = dataset.test
+    LABELS = dataset.contract.labels  # noqa: N806 - the class names of this dataset
     started = time.perf_counter()
     probabilities = predict_probabilities(model, test.images)
     seconds = time.perf_counter() - started
@@ -95,7 +96,8 @@ def evaluate(model_path: Path, output_dir: Path, data_dir: str | None = None) ->
         result["training"] = {key: record[key] for key in
                               ("parameters", "epochs_run", "best_epoch", "validation_accuracy",
                                "train_seconds") if key in record}
-    write_reports(result, report_text, probabilities, test, dataset.train, Path(model_path), output_dir)
+    write_reports(result, report_text, probabilities, test, dataset.train, Path(model_path),
+                  output_dir)
     return result
 
 
@@ -103,10 +105,10 @@ def write_reports(result: dict[str, Any], report_text: str, probabilities: np.nd
                   test: datasets.Split, train: datasets.Split, model_path: Path, output_dir: Path) -> None:
     matrix = np.asarray(result["confusion_matrix"])
     fileio.write_json(output_dir / "confusion_matrix.json",
-                      {"labels": list(LABELS), "rows": "true", "columns": "predicted",
+                      {"labels": result["labels"], "rows": "true", "columns": "predicted",
                        "matrix": matrix.tolist()})
     fileio.write_text(output_dir / "classification_report.txt", report_text)
-    plots.confusion_matrix(matrix, output_dir / "confusion_matrix.png",
+    plots.confusion_matrix(matrix, result["labels"], output_dir / "confusion_matrix.png",
                            f"confusion matrix, accuracy {result['accuracy']:.2%} on "
                            f"{result['test_images']:,} test images")
     history_path = model_path.parent / training.HISTORY_FILE
@@ -117,8 +119,11 @@ def write_reports(result: dict[str, Any], report_text: str, probabilities: np.nd
     predicted = probabilities.argmax(axis=1)
     # Show the first images, then make sure some mistakes are visible too.
     wrong = np.flatnonzero(predicted != test.labels)[: PREDICTION_GRID_SIZE // 4]
-    chosen = np.unique(np.concatenate([np.arange(PREDICTION_GRID_SIZE - len(wrong)), wrong]))
+    first = np.arange(min(len(test), PREDICTION_GRID_SIZE - len(wrong)))
+    chosen = np.unique(np.concatenate([first, wrong]))
     plots.prediction_grid(test.images[chosen], test.labels[chosen], predicted[chosen],
-                          probabilities[chosen].max(axis=1), output_dir / "predictions.png")
-    plots.samples_per_class(train.images, train.labels, output_dir / "samples.png")
+                          probabilities[chosen].max(axis=1), result["labels"],
+                          output_dir / "predictions.png")
+    plots.samples_per_class(train.images, train.labels, result["labels"],
+                            output_dir / "samples.png")
     fileio.write_json(output_dir / "metrics.json", result)

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import keras
 
-from edgekit.contract import INPUT_SHAPE, NUM_CLASSES
+from edgekit.contract import FASHION_MNIST, InputContract
 from edgekit.workstation.config import Architecture, TrainConfig
 
 
-def build(config: TrainConfig) -> keras.Model:
+def build(config: TrainConfig, contract: InputContract = FASHION_MNIST) -> keras.Model:
+    """The architecture for the contract's input size, channels and number of classes."""
     builders = {Architecture.REFERENCE: build_reference, Architecture.EDGE: build_edge}
-    return builders[config.architecture](config)
+    return builders[config.architecture](config, contract)
 
 
-def build_reference(config: TrainConfig) -> keras.Model:
+def build_reference(config: TrainConfig, contract: InputContract) -> keras.Model:
     """The reference notebook's CNN: two conv + max-pool blocks, dense, dropout, softmax.
 
     The input is raw 0-255 pixels as float32; scaling sits inside the graph so that every
     exported artifact shares one input contract (keras-io's image_classification_from_scratch).
     """
     first, second = config.conv_filters
-    inputs = keras.Input(shape=INPUT_SHAPE, dtype="float32", name="pixels")
+    inputs = keras.Input(shape=contract.shape, dtype="float32", name="pixels")
     x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
     x = keras.layers.Conv2D(first, 3, padding="same", activation="relu", name="conv1")(x)
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)
@@ -29,7 +30,7 @@ def build_reference(config: TrainConfig) -> keras.Model:
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    outputs = keras.layers.Dense(contract.num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"edgekit_{config.architecture.value}")
 
 
@@ -49,7 +50,7 @@ def _residual(x: keras.KerasTensor, name: str) -> keras.KerasTensor:
 EDGE_SQUEEZE = 16  # channels kept at 7x7 before the positional head
 
 
-def build_edge(config: TrainConfig) -> keras.Model:
+def build_edge(config: TrainConfig, contract: InputContract) -> keras.Model:
     """A compact network for int8 devices.
 
     A stem (``config.edge_stem``: "pool", a 3x3 conv at 28x28 then max-pool; or "stride2",
@@ -67,7 +68,7 @@ def build_edge(config: TrainConfig) -> keras.Model:
     ``config.dense_units``.
     """
     stem, middle, last = config.edge_widths
-    inputs = keras.Input(shape=INPUT_SHAPE, dtype="float32", name="pixels")
+    inputs = keras.Input(shape=contract.shape, dtype="float32", name="pixels")
     x = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
     if config.edge_stem == "stride2":
         x = _conv_bn(x, stem, "stem", strides=2, kernel=5)
@@ -85,7 +86,7 @@ def build_edge(config: TrainConfig) -> keras.Model:
     x = keras.layers.BatchNormalization(name="dense_bn")(x)
     x = keras.layers.ReLU(name="dense_relu")(x)
     x = keras.layers.Dropout(config.dropout_rate, name="dropout")(x)
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", name="probabilities")(x)
+    outputs = keras.layers.Dense(contract.num_classes, activation="softmax", name="probabilities")(x)
     return keras.Model(inputs, outputs, name=f"edgekit_{config.architecture.value}")
 
 

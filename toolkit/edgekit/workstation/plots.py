@@ -13,7 +13,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from edgekit import fileio
-from edgekit.contract import LABELS  # noqa: E402
 
 
 def _save(figure: Any, path: Path) -> Path:
@@ -23,12 +22,12 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
-def confusion_matrix(matrix: np.ndarray, path: Path, title: str) -> Path:
+def confusion_matrix(matrix: np.ndarray, labels: Sequence[str], path: Path, title: str) -> Path:
     figure, axes = plt.subplots(figsize=(8, 7))
     image = axes.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axes, fraction=0.046)
-    axes.set_xticks(range(len(LABELS)), LABELS, rotation=45, ha="right")
-    axes.set_yticks(range(len(LABELS)), LABELS)
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(title)
@@ -57,8 +56,16 @@ def training_curves(epochs: Sequence[dict[str, Any]], path: Path) -> Path:
     return _save(figure, path)
 
 
+def _show(axes: Any, image: np.ndarray) -> None:
+    if image.shape[-1] == 1:
+        axes.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=255)
+    else:
+        axes.imshow(image)
+
+
 def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
-                    confidence: np.ndarray, path: Path, columns: int = 8) -> Path:
+                    confidence: np.ndarray, names: Sequence[str], path: Path,
+                    columns: int = 8) -> Path:
     """Test images with their predicted label; wrong predictions in red with the true label."""
     rows = int(np.ceil(len(images) / columns))
     figure, grid = plt.subplots(rows, columns, figsize=(columns * 1.6, rows * 1.9))
@@ -66,25 +73,27 @@ def prediction_grid(images: np.ndarray, labels: np.ndarray, predicted: np.ndarra
         axes.axis("off")
         if index >= len(images):
             continue
-        axes.imshow(images[index, :, :, 0], cmap="gray", vmin=0, vmax=255)
+        _show(axes, images[index])
         right = predicted[index] == labels[index]
-        text = f"{LABELS[predicted[index]]}\n{confidence[index]:.0%}"
+        text = f"{names[predicted[index]]}\n{confidence[index]:.0%}"
         if not right:
-            text += f"\n(true: {LABELS[labels[index]]})"
+            text += f"\n(true: {names[labels[index]]})"
         axes.set_title(text, fontsize=7, color="green" if right else "red")
     figure.suptitle("test predictions (red: wrong)")
     return _save(figure, path)
 
 
-def samples_per_class(images: np.ndarray, labels: np.ndarray, path: Path, per_class: int = 8) -> Path:
-    figure, grid = plt.subplots(len(LABELS), per_class, figsize=(per_class * 1.1, len(LABELS) * 1.2))
-    for row, label in enumerate(LABELS):
+def samples_per_class(images: np.ndarray, labels: np.ndarray, names: Sequence[str], path: Path,
+                      per_class: int = 8) -> Path:
+    figure, grid = plt.subplots(len(names), per_class, figsize=(per_class * 1.1, len(names) * 1.2),
+                                squeeze=False)
+    for row, label in enumerate(names):
         members = np.flatnonzero(labels == row)[:per_class]
         for column in range(per_class):
             axes = grid[row, column]
             axes.axis("off")
             if column < len(members):
-                axes.imshow(images[members[column], :, :, 0], cmap="gray", vmin=0, vmax=255)
+                _show(axes, images[members[column]])
         grid[row, 0].set_title(label, fontsize=8, loc="left")
-    figure.suptitle("Fashion-MNIST samples per class")
+    figure.suptitle("training samples per class")
     return _save(figure, path)

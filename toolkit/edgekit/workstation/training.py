@@ -18,8 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from edgekit import contract as contract_module
 from edgekit import errors, fileio
-from edgekit.contract import NUM_CLASSES
+from edgekit.contract import InputContract
 from edgekit.device import datasets
 from edgekit.workstation import fashion_download, models
 from edgekit.workstation.config import TrainConfig
@@ -31,6 +32,7 @@ CHECKPOINT_DIR = "checkpoints"
 BEST_FILE = "best.keras"
 LAST_FILES = ("last-a.keras", "last-b.keras")
 STATE_FILE = "state.json"
+DATASET_FILE = "dataset.json"  # the data spec, contract and split (file lists) of the run
 
 
 def split_validation(split: datasets.Split, fraction: float,
@@ -49,10 +51,36 @@ def split_validation(split: datasets.Split, fraction: float,
     return train, validation
 
 
-def make_dataset(split: datasets.Split, config: TrainConfig, training: bool) -> tf.data.Dataset:
+def train_and_validation(dataset: datasets.Dataset,
+                         config: TrainConfig) -> tuple[datasets.Split, datasets.Split]:
+    """The dataset's own validation split, or one carved (seeded, stratified) from train."""
+    full_train = dataset.train.head(config.limit)
+    if dataset.validation is not None and len(dataset.validation):
+        return full_train, dataset.validation
+    return split_validation(full_train, config.validation_fraction, config.seed)
+
+
+def open_data(spec: datasets.DataSpec, config: TrainConfig,
+              record: dict[str, Any] | None = None) -> datasets.Dataset:
+    """The training data; ``record`` (a resumed run's dataset.json) replays its split."""
+    contract = None
+    if record is not None and "contract" in record:
+        contract = InputContract.from_dict(record["contract"], record["labels"])
+    dataset = spec.open(download=fashion_download.download, seed=config.seed, record=record,
+                        contract=contract)
+    for warning in dataset.warnings:
+        print(f"warning: {warning}", flush=True)
+    return dataset
+
+
+
+
+
+def make_dataset(split: datasets.Split, config: TrainConfig, training: bool,
+                 num_classes: int) -> tf.data.Dataset:
     images = split.images.astype(np.float32)
     # One-hot labels, so that label smoothing (CategoricalCrossentropy) is available.
-    targets = np.eye(NUM_CLASSES, dtype=np.float32)[split.labels]
+    targets = np.eye(num_classes, dtype=np.float32)[split.labels]
     dataset = tf.data.Dataset.from_tensor_slices((images, targets))
     if training:
         dataset = dataset.shuffle(len(split), seed=config.seed, reshuffle_each_iteration=True)
@@ -204,7 +232,7 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
                   metrics=["accuracy"])
 
 
-def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
+def train(config: TrainConfig, output_dir: Path, spec: datasets.DataSpec | None = None,
           verbose: int | None = None, resume: bool = False) -> dict[str, Any]:
     """Train, save ``model.keras``, ``train_config.json`` and ``history.json`` in ``output_dir``.
 
@@ -214,16 +242,23 @@ def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
     output_dir = fileio.ensure_dir(output_dir)
     checkpoints = fileio.ensure_dir(output_dir / CHECKPOINT_DIR)
     state = read_state(output_dir, config) if resume else None
-    dataset = datasets.load(data_dir, download=fashion_download.download)
+    spec = spec or datasets.DataSpec()
+    recorded = output_dir / DATASET_FILE
+    dataset = open_data(spec, config, json.loads(recorded.read_text())
+                        if state is not None and recorded.is_file() else None)
+    contract = dataset.contract
+    if state is None:
+        fileio.write_json(recorded, {"spec": spec.to_dict(), "contract": contract.to_dict(),
+                                     **dataset.record})
     initial_epoch = 0 if state is None else int(state["epoch"])
     # Seeded per starting epoch: a resumed run does not replay the first epochs' order.
     keras.utils.set_random_seed(config.seed + initial_epoch)
 
-    full_train = dataset.train.head(config.limit)
-    train_split, validation_split = split_validation(full_train, config.validation_fraction, config.seed)
+    train_split, validation_split = train_and_validation(dataset, config)
+    classes = contract.num_classes
     steps_per_epoch = -(-len(train_split) // config.batch_size)
     if state is None:
-        model = models.build(config)
+        model = models.build(config, contract)
         compile_model(model, config, steps_per_epoch)
         previous: list[dict[str, Any]] = []
     else:
@@ -249,8 +284,8 @@ def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
         model = keras.models.load_model(checkpoints / BEST_FILE, compile=True)
     else:
         model.fit(
-            make_dataset(train_split, config, training=True),
-            validation_data=make_dataset(validation_split, config, training=False),
+            make_dataset(train_split, config, True, classes),
+            validation_data=make_dataset(validation_split, config, False, classes),
             epochs=config.epochs,
             initial_epoch=initial_epoch,
             shuffle=False,  # the tf.data pipeline shuffles, seeded
@@ -260,7 +295,7 @@ def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
     seconds = time.perf_counter() - started
     seconds += sum(record["epoch_seconds"] for record in previous)
     validation_loss, validation_accuracy = model.evaluate(
-        make_dataset(validation_split, config, training=False), verbose=0)
+        make_dataset(validation_split, config, False, classes), verbose=0)
     best_epoch = int(np.argmax([epoch["val_accuracy"] for epoch in recorder.epochs])) + 1
     record = {
         "config": config.to_dict(),
@@ -274,6 +309,9 @@ def train(config: TrainConfig, output_dir: Path, data_dir: str | None = None,
         "train_seconds": round(seconds, 1),
         "resumed_at_epoch": initial_epoch if state is not None else None,
         "dataset": str(dataset.source),
+        "data": spec.to_dict(),
+        "contract": contract.to_dict(),
+        "labels": list(contract.labels),
         "environment": environment(),
     }
     with fileio.atomic_path(output_dir / MODEL_FILE) as temporary:
@@ -293,6 +331,51 @@ def load_record(model_path: Path) -> dict[str, Any] | None:
         return None
 
 
+def data_for_model(model_path: Path, model: Any, spec: datasets.DataSpec | None,
+                   splits: tuple[str, ...] = ("train", "validation", "test")) -> datasets.Dataset:
+    """The dataset a model is measured on, prepared to the model's own input.
+
+    A model trained by edgekit has its run's dataset.json beside it: without ``--data`` (or
+    with the same folder) the recorded split is replayed, so test images stay test images.
+    Otherwise ``spec`` names the data, prepared at the model's input size and channels.
+    """
+    recorded_path = Path(model_path).parent / DATASET_FILE
+    recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else None
+    if recorded is not None and (spec is None or _same_data(spec, recorded)):
+        recorded_spec = datasets.DataSpec(**{**recorded["spec"], "image_size": None})
+        contract = InputContract.from_dict(recorded["contract"], recorded["labels"])
+        return recorded_spec.open(download=fashion_download.download, record=recorded,
+                                  contract=contract, splits=splits)
+    spec = spec or datasets.DataSpec()
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(shape) != 3 or shape[-1] not in (1, 3) or None in shape:
+        raise errors.ModelError(f"{model_path} takes input of shape {list(shape)}; edgekit works "
+                                "with image classifiers taking [N, height, width, 1 or 3].")
+    classes = int(model.outputs[0].shape[-1])
+    contract = (datasets.FASHION_MNIST if spec.is_fashion_mnist else InputContract(
+        height=int(shape[0]), width=int(shape[1]), channels=int(shape[2]),
+        labels=contract_module.placeholder_labels(classes),
+        preparation=contract_module.default_preparation(int(shape[2]))))
+    if spec.is_fashion_mnist and (shape != contract.shape or classes != contract.num_classes):
+        raise errors.DataError(
+            f"{model_path} takes {list(shape)} images into {classes} classes, not Fashion-MNIST's "
+            "28x28x1 into 10: pass its own dataset with --data DIR.")
+    return spec.open(download=fashion_download.download, contract=contract, splits=splits)
+
+
+def _same_data(spec: datasets.DataSpec, recorded: dict[str, Any]) -> bool:
+    if spec.is_fashion_mnist:
+        return recorded.get("kind") == datasets.FASHION_MNIST_NAME or spec.data == "fashion-mnist"
+    return Path(spec.data).resolve() == Path(str(recorded.get("root", ""))).resolve()
+
+
+def contract_of_record(record: dict[str, Any] | None) -> InputContract | None:
+    """The input contract a training record (train_config.json) holds; None before schema 2."""
+    if not record or "contract" not in record:
+        return None
+    return InputContract.from_dict(record["contract"], record["labels"])
+
+
 def input_pipeline_rate(config: TrainConfig, data_dir: str | None = None,
                         batches: int = 150) -> dict[str, Any]:
     """Images/s the tf.data pipeline alone delivers, with and without augmentation.
@@ -304,7 +387,8 @@ def input_pipeline_rate(config: TrainConfig, data_dir: str | None = None,
     split = dataset.train.head(config.limit)
     result: dict[str, Any] = {"batch_size": config.batch_size, "batches": batches}
     for augment in (False, True):
-        pipeline = make_dataset(split, dataclasses.replace(config, augment=augment), training=True)
+        pipeline = make_dataset(split, dataclasses.replace(config, augment=augment), True,
+                                dataset.contract.num_classes)
         iterator = iter(pipeline.repeat())
         next(iterator)  # build the graph and fill the shuffle buffer
         started = time.perf_counter()

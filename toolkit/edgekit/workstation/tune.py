@@ -18,8 +18,9 @@ import keras
 import keras_tuner
 
 from edgekit import errors, fileio
+from edgekit.contract import InputContract
 from edgekit.device import datasets
-from edgekit.workstation import fashion_download, models, training
+from edgekit.workstation import models, training
 from edgekit.workstation.config import EDGE_STEMS, TrainConfig
 
 TRIALS_JSON = "trials.json"
@@ -50,9 +51,11 @@ def search_space(hp: keras_tuner.HyperParameters, architecture: str) -> dict[str
 
 
 class TrainConfigHyperModel(keras_tuner.HyperModel):
-    def __init__(self, base: TrainConfig, train_split: datasets.Split, validation_split: datasets.Split):
+    def __init__(self, base: TrainConfig, train_split: datasets.Split,
+                 validation_split: datasets.Split, contract: InputContract):
         super().__init__()
         self.base = base
+        self.contract = contract
         self.train_split = train_split
         self.validation_split = validation_split
 
@@ -61,7 +64,7 @@ class TrainConfigHyperModel(keras_tuner.HyperModel):
 
     def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
         config = self.config_for(hp)
-        model = models.build(config)
+        model = models.build(config, self.contract)
         steps = -(-len(self.train_split) // config.batch_size)
         training.compile_model(model, config, steps)
         return model
@@ -69,21 +72,21 @@ class TrainConfigHyperModel(keras_tuner.HyperModel):
     def fit(self, hp: keras_tuner.HyperParameters, model: keras.Model, *args: Any,
             **kwargs: Any) -> Any:
         config = self.config_for(hp)
-        return model.fit(training.make_dataset(self.train_split, config, training=True),
+        classes = self.contract.num_classes
+        return model.fit(training.make_dataset(self.train_split, config, True, classes),
                          validation_data=training.make_dataset(self.validation_split, config,
-                                                               training=False),
+                                                               False, classes),
                          epochs=config.epochs, verbose=0, callbacks=kwargs.get("callbacks"))
 
 
 def tune(base: TrainConfig, output_dir: Path, method: str = "bayesian", max_trials: int = 10,
-         budget_minutes: float = 30.0, data_dir: str | None = None,
+         budget_minutes: float = 30.0, spec: datasets.DataSpec | None = None,
          echo: Callable[[str], None] = print) -> dict[str, Any]:
     output_dir = fileio.ensure_dir(output_dir)
-    dataset = datasets.load(data_dir, download=fashion_download.download)
+    dataset = training.open_data(spec or datasets.DataSpec(), base)
     keras.utils.set_random_seed(base.seed)
-    train_split, validation_split = training.split_validation(
-        dataset.train.head(base.limit), base.validation_fraction, base.seed)
-    hypermodel = TrainConfigHyperModel(base, train_split, validation_split)
+    train_split, validation_split = training.train_and_validation(dataset, base)
+    hypermodel = TrainConfigHyperModel(base, train_split, validation_split, dataset.contract)
     common = {"objective": "val_accuracy", "directory": str(output_dir), "project_name": "search",
               "overwrite": True, "seed": base.seed}
     if method == "hyperband":
