@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from edgekit.cli.common import DEFAULT_EXPORT_DIR, data_dir_option, friendly_errors, optional_str
+from edgekit.cli.common import DEFAULT_EXPORT_DIR, data_spec, friendly_errors, recorded_data_option
 
 
 @click.command()
@@ -20,10 +20,10 @@ from edgekit.cli.common import DEFAULT_EXPORT_DIR, data_dir_option, friendly_err
                    "dynamic.accuracy_drop=0.3 (agreement in %, drop in pp). Repeatable.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None)
 @click.option("--no-write", is_flag=True, help="Do not write reports or update the manifest.")
-@data_dir_option
+@recorded_data_option
 @friendly_errors
 def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | None, no_write: bool,
-           data_dir: Path | None) -> None:
+           data: str | None, skip_bad_images: bool) -> None:
     """Check every exported artifact against the Keras reference; exit 1 if any bar is missed."""
     from edgekit.device import parity
     from edgekit.device import verify as verify_module
@@ -36,7 +36,7 @@ def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | Non
     click.echo(f"verifying {folder} against the reference "
                f"({'golden bundle' if golden else 'all test images'})")
     results = verify_module.verify(folder, chosen, golden=golden,
-                                   data_dir=optional_str(data_dir), threads=threads,
+                                   spec=data_spec(data, skip_bad_images), threads=threads,
                                    write=not (no_write or golden), echo=click.echo,
                                    check_graph=onnx_checker())
     click.echo("")

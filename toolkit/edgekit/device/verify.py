@@ -19,6 +19,7 @@ import numpy as np
 
 from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
+from edgekit.contract import InputContract
 from edgekit.device import datasets, parity, runtime
 
 REPORT_JSON = "parity.json"
@@ -69,7 +70,7 @@ def load_npz_checked(path: Path, expected_sha256: str | None) -> Any:
 
 
 def load_reference(folder: Path, manifest: dict[str, Any], golden: bool,
-                   data_dir: str | None) -> Reference:
+                   spec: datasets.DataSpec | None) -> Reference:
     reference = manifest.get("reference") or {}
     if golden:
         name = reference.get("golden_file", "golden.npz")
@@ -80,17 +81,35 @@ def load_reference(folder: Path, manifest: dict[str, Any], golden: bool,
     name = reference.get("outputs_file", "reference.npz")
     stored = load_npz_checked(manifest_module.safe_file(folder, name),
                               reference.get("outputs_sha256"))
-    test = datasets.load_test(data_dir)
+    test = release_test_split(manifest, manifest_module.contract_of(manifest, folder), spec)
     if not np.array_equal(test.labels, stored["labels"]):
         raise errors.DataError("the test labels in the dataset differ from those the reference "
-                               "outputs were computed on; is this the Fashion-MNIST test set?")
+                               "outputs were computed on; pass the release's own dataset with "
+                               "--data.")
     labels = stored["labels"]
     return Reference(test.images, labels, stored["probabilities"], np.arange(len(labels)),
                      f"all {len(labels):,} test images")
 
 
+def release_test_split(manifest: dict[str, Any], contract: InputContract,
+               spec: datasets.DataSpec | None) -> datasets.Split:
+    """The release's test images: the manifest's recorded split of its dataset, replayed.
+
+    ``spec`` points at the dataset where it lives now (a folder moved to another machine);
+    without it, the recorded location (or Fashion-MNIST's lookup).
+    """
+    record = manifest.get("dataset") or {"kind": datasets.FASHION_MNIST_NAME}
+    if record.get("kind") != "folder":
+        data = spec.data if spec is not None else None
+        return datasets.load_test(None if data in (None, datasets.FASHION_MNIST_NAME) else data)
+    root = spec.data if spec is not None else str(record["root"])
+    skip_bad = spec.skip_bad_images if spec is not None else False
+    return datasets.open_dataset(root, record=record, contract=contract, skip_bad=skip_bad,
+                                 splits=("test",)).test
+
+
 def verify(folder: Path, bars: dict[str, parity.Bar], golden: bool = False,
-           data_dir: str | None = None, threads: int | None = None, write: bool = True,
+           spec: datasets.DataSpec | None = None, threads: int | None = None, write: bool = True,
            echo: Callable[[str], None] = print,
            check_graph: Callable[[Path], None] | None = None) -> list[ArtifactResult]:
     """Measure every artifact of the release against its reference; ``check_graph`` is an extra
@@ -100,7 +119,7 @@ def verify(folder: Path, bars: dict[str, parity.Bar], golden: bool = False,
     if not manifest["artifacts"]:
         raise errors.ManifestError(f"{folder}/manifest.json lists no artifacts; run `edgekit export`.")
     contract = manifest_module.contract_of(manifest, folder)
-    reference = load_reference(folder, manifest, golden, data_dir)
+    reference = load_reference(folder, manifest, golden, spec)
     images = reference.images
     results = []
     for entry in manifest["artifacts"]:
