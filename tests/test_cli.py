@@ -78,9 +78,15 @@ def test_unwritable_output_folder(tmp_path):
     assert_one_error_line(result, "cannot create folder")
 
 
-def test_missing_data_dir(tmp_path):
-    result = run_cli("data", "--data-dir", str(tmp_path / "none"))
-    assert_one_error_line(result, "does not exist", "apt-get install dataset-fashion-mnist")
+def test_missing_data_folder(tmp_path):
+    result = run_cli("data", "--data", str(tmp_path / "none"))
+    assert_one_error_line(result, "does not exist", "Check the path")
+
+
+def test_a_truncated_fashion_mnist_folder_names_the_fix(tmp_path):
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b partial")
+    result = run_cli("data", "--data", str(tmp_path))
+    assert_one_error_line(result, "apt-get install dataset-fashion-mnist")
 
 
 def test_data_json():
