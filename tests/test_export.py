@@ -13,13 +13,14 @@ def test_fp16_tflite_keeps_the_first_convolution_in_float32(tmp_path):
     from edgekit.device import runtime
     from edgekit.workstation import export, models
     from edgekit.workstation.config import Quantization, TrainConfig
+    from edgekit.workstation.export import tflite_graph
 
     model = models.build(TrainConfig.for_architecture("edge"))
     with export.quiet_native_output():
         blob = export.to_tflite(model, Quantization.FLOAT16, None)
     parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
     graph = parsed.subgraphs[0]
-    first = export._first_conv(parsed)
+    first = tflite_graph._first_conv(parsed)
     filter_tensor = graph.tensors[first.inputs[1]]
     assert filter_tensor.type == schema.TensorType.FLOAT32
     assert parsed.buffers[filter_tensor.buffer].data is not None  # a constant, no DEQUANTIZE
@@ -42,6 +43,7 @@ def test_tflite_flatten_has_a_constant_shape_and_any_batch_size(tmp_path):
     from edgekit.device import runtime
     from edgekit.workstation import export, models
     from edgekit.workstation.config import Quantization, TrainConfig
+    from edgekit.workstation.export import tflite_graph
 
     model = models.build(TrainConfig())
     pixels = np.random.default_rng(1).integers(0, 256, (37, 28, 28, 1)).astype(np.float32)
@@ -49,8 +51,8 @@ def test_tflite_flatten_has_a_constant_shape_and_any_batch_size(tmp_path):
     with export.quiet_native_output():
         blob = export.to_tflite(model, Quantization.NONE, None)
     parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
-    names = export._operator_names()
-    operators = [export._operator_name(parsed, op, names) for op in parsed.subgraphs[0].operators]
+    names = tflite_graph._operator_names()
+    operators = [tflite_graph._operator_name(parsed, op, names) for op in parsed.subgraphs[0].operators]
     assert "RESHAPE" in operators
     assert not {"SHAPE", "STRIDED_SLICE", "PACK"} & set(operators)
     path = tmp_path / "model_fp32.tflite"
@@ -58,4 +60,4 @@ def test_tflite_flatten_has_a_constant_shape_and_any_batch_size(tmp_path):
     loaded = runtime.load(path, verify_sha256=False)
     for batch in (1, 37):  # one image, then a resize to many: the constant shape fits both
         assert np.abs(loaded.predict(pixels[:batch]) - expected[:batch]).max() < 1e-5
-    assert export.static_flatten(blob) == blob  # nothing left to fold
+    assert tflite_graph.static_flatten(blob) == blob  # nothing left to fold

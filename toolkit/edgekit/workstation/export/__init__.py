@@ -1,0 +1,263 @@
+"""``edgekit export``: Keras model -> TFLite (fp32, fp16, dynamic, int8) and ONNX (fp32, int8).
+
+Workstation only (TensorFlow, tf2onnx, onnx, onnxruntime.quantization). Every file is
+written atomically; the manifest is updated once all requested artifacts exist. Tensor
+names, dtypes and quantisation parameters in the manifest are read back through the same
+device runtimes that will run the files (``edgekit.device.runtime``), so they describe what a
+device sees.
+
+This module is the command: the plan, the staging folder, the reference model and its
+outputs, the manifest. The conversions live beside it, TFLite and ONNX apart:
+``tflite`` (conversion per precision, metadata) over ``tflite_graph`` (flatbuffer edits),
+``onnx`` (tf2onnx, int8 quantisation, metadata) over ``onnx_graph`` (graph folds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import errors, fileio
+from edgekit import manifest as manifest_module
+from edgekit.contract import LABELS
+from edgekit.device import datasets, runtime
+from edgekit.workstation import fashion_download, models, training
+from edgekit.workstation.config import ExportConfig, ExportFormat, Quantization
+from edgekit.workstation.export.onnx import quantize_onnx, serialized, to_onnx
+from edgekit.workstation.export.tflite import to_tflite
+
+REFERENCE_FILE = "model.keras"
+REFERENCE_OUTPUTS_FILE = "reference.npz"
+GOLDEN_FILE = "golden.npz"
+GOLDEN_PER_CLASS = 30
+LABELS_FILE = "labels.txt"
+PRECISION_NAMES = {Quantization.NONE: "fp32", Quantization.FLOAT16: "fp16",
+                   Quantization.DYNAMIC: "dynamic", Quantization.INT8: "int8"}
+SUPPORTED = {
+    ExportFormat.TFLITE: (Quantization.NONE, Quantization.FLOAT16, Quantization.DYNAMIC,
+                          Quantization.INT8),
+    ExportFormat.ONNX: (Quantization.NONE, Quantization.INT8),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Artifact:
+    file: str
+    format: ExportFormat
+    quantization: Quantization
+    seconds: float
+    bytes: int
+
+
+def artifact_name(export_format: ExportFormat, quantization: Quantization) -> str:
+    return f"model_{PRECISION_NAMES[quantization]}.{export_format.value}"
+
+
+def plan(config: ExportConfig) -> list[tuple[ExportFormat, Quantization]]:
+    """The (format, quantization) pairs a config asks for, rejecting unsupported pairs."""
+    formats = [ExportFormat.TFLITE, ExportFormat.ONNX] if config.format == ExportFormat.ALL \
+        else [config.format]
+    pairs = []
+    for export_format in formats:
+        wanted = config.quantize or SUPPORTED[export_format]
+        for quantization in wanted:
+            if quantization not in SUPPORTED[export_format]:
+                if config.format == ExportFormat.ALL:
+                    continue
+                raise errors.ExportError(
+                    f"{export_format.value} export does not support --quantize "
+                    f"{quantization.value}; choose one of "
+                    f"{', '.join(q.value for q in SUPPORTED[export_format])}."
+                )
+            pairs.append((export_format, quantization))
+    if not pairs:
+        raise errors.ExportError("nothing to export for that --format/--quantize combination.")
+    return pairs
+
+
+def calibration_images(train: datasets.Split, size: int, seed: int) -> np.ndarray:
+    """A seeded random sample of *training* images (never test images) for calibration."""
+    rng = np.random.default_rng(seed)
+    indices = rng.choice(len(train), size=min(size, len(train)), replace=False)
+    return train.images[np.sort(indices)].astype(np.float32)
+
+
+@contextlib.contextmanager
+def quiet_native_output() -> Iterator[None]:
+    """Silence the converters' chatter on stdout and stderr (it is not for users).
+
+    TensorFlow's converters print from Python and log from C++ straight to file
+    descriptors 1 and 2, so redirect the descriptors themselves. With EDGEKIT_DEBUG set,
+    the captured text is replayed when a conversion fails.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {descriptor: os.dup(descriptor) for descriptor in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        for descriptor in saved:
+            os.dup2(sink.fileno(), descriptor)
+        failed = False
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for descriptor, copy in saved.items():
+                os.dup2(copy, descriptor)
+                os.close(copy)
+            if failed and os.environ.get("EDGEKIT_DEBUG"):
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode("utf-8", "replace"))
+
+
+STAGING_PREFIX = ".edgekit-staging-"
+
+
+def export(model_path: Path, output_dir: Path, config: ExportConfig, data_dir: str | None = None,
+           echo: Callable[[str], None] = print) -> list[Artifact]:
+    """Export every requested artifact into ``output_dir`` and update its manifest.
+
+    Everything is first written to a staging folder inside ``output_dir``; only when all
+    files exist are they renamed into place, the manifest last. A run killed mid-way
+    leaves the previous release as it was (and a staging folder the next run removes).
+    """
+    from edgekit.workstation import evaluation
+
+    pairs = plan(config)
+    output_dir = fileio.ensure_dir(output_dir)
+    for stale in output_dir.glob(STAGING_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    model = evaluation.load_keras_model(model_path)
+    dataset = datasets.load(data_dir, download=fashion_download.download)
+    calibration = calibration_images(dataset.train, config.calibration_size, config.seed)
+    manifest = manifest_module.load_or_empty(output_dir)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
+    try:
+        artifacts = _export_into(model, Path(model_path), output_dir, staging, manifest, pairs,
+                                 config, dataset, calibration, echo)
+        for staged in sorted(staging.iterdir()):
+            os.replace(staged, output_dir / staged.name)
+        manifest_module.save(output_dir, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return artifacts
+
+
+def _export_into(model: Any, model_path: Path, output_dir: Path, staging: Path,
+                 manifest: dict[str, Any], pairs: list[tuple[ExportFormat, Quantization]],
+                 config: ExportConfig, dataset: datasets.Dataset, calibration: np.ndarray,
+                 echo: Callable[[str], None]) -> list[Artifact]:
+    reference_entry = write_reference(model, model_path, output_dir, staging, dataset.test)
+    if manifest.get("reference") and manifest["reference"].get("sha256") != reference_entry["sha256"]:
+        # A new reference model invalidates every artifact measured against the old one.
+        manifest["artifacts"] = []
+    manifest["reference"] = reference_entry
+    fileio.write_text(staging / LABELS_FILE, "\n".join(LABELS) + "\n")
+    artifacts: list[Artifact] = []
+    onnx_float = None
+    for export_format, quantization in pairs:
+        started = time.perf_counter()
+        name = artifact_name(export_format, quantization)
+        with quiet_native_output():
+            if export_format == ExportFormat.TFLITE:
+                payload = to_tflite(model, quantization, calibration)
+            else:
+                if onnx_float is None:
+                    onnx_float = to_onnx(model, config.opset)
+                proto = onnx_float if quantization == Quantization.NONE \
+                    else quantize_onnx(onnx_float, calibration)
+                payload = serialized(proto, PRECISION_NAMES[quantization])
+        fileio.write_bytes(staging / name, payload)
+        seconds = time.perf_counter() - started
+        entry = artifact_entry(staging / name, export_format, quantization, config, seconds)
+        manifest_module.upsert_artifact(manifest, entry)
+        artifacts.append(Artifact(name, export_format, quantization, seconds, len(payload)))
+        echo(f"exported {output_dir / name} ({fileio.human_size(len(payload))}, {seconds:.1f} s)")
+    return artifacts
+
+
+def artifact_entry(path: Path, export_format: ExportFormat, quantization: Quantization,
+                   config: ExportConfig, seconds: float) -> dict[str, Any]:
+    loaded = runtime.load(path, verify_sha256=False)
+    settings: dict[str, Any] = {"seconds": round(seconds, 2)}
+    if quantization == Quantization.INT8:
+        settings["calibration_images"] = config.calibration_size
+        settings["calibration_source"] = "training split, seeded random sample"
+        settings["calibration_seed"] = config.seed
+    if export_format == ExportFormat.ONNX:
+        settings["opset"] = config.opset
+    return {
+        "file": path.name,
+        "format": export_format.value,
+        "precision": PRECISION_NAMES[quantization],
+        "runtime": "onnxruntime" if export_format == ExportFormat.ONNX else "ai-edge-litert",
+        "bytes": path.stat().st_size,
+        "sha256": fileio.sha256_of(path),
+        **loaded.describe(),
+        "export": settings,
+        "metrics": None,
+    }
+
+
+def write_reference(model: Any, model_path: Path, output_dir: Path, staging: Path,
+                    test: datasets.Split) -> dict[str, Any]:
+    """Stage the Keras model and its test-set probabilities beside the artifacts.
+
+    The stored probabilities let ``edgekit verify`` run without TensorFlow; the golden
+    bundle (a stratified few hundred test images) lets it run without the dataset.
+    """
+    from edgekit.workstation import evaluation
+
+    if Path(model_path).resolve() != (output_dir / REFERENCE_FILE).resolve():
+        fileio.copy_file(model_path, staging / REFERENCE_FILE)
+    sha256 = fileio.sha256_of(model_path)
+    probabilities = evaluation.predict_probabilities(model, test.images)
+    with fileio.atomic_path(staging / REFERENCE_OUTPUTS_FILE) as temporary:
+        np.savez_compressed(temporary, probabilities=probabilities, labels=test.labels,
+                            model_sha256=np.array(sha256))
+    golden = golden_indices(test.labels)
+    with fileio.atomic_path(staging / GOLDEN_FILE) as temporary:
+        np.savez_compressed(temporary, indices=golden, images=test.images[golden],
+                            labels=test.labels[golden], probabilities=probabilities[golden],
+                            model_sha256=np.array(sha256))
+    record = training.load_record(Path(model_path)) or {}
+    return {
+        "file": REFERENCE_FILE,
+        "format": "keras",
+        "bytes": Path(model_path).stat().st_size,
+        "sha256": sha256,
+        "parameters": int(model.count_params()),
+        "macs_per_image": models.count_macs(model),
+        "architecture": record.get("config", {}).get("architecture", "unknown"),
+        "training": {key: record[key] for key in
+                     ("config", "epochs_run", "best_epoch", "validation_accuracy", "train_seconds",
+                      "environment") if key in record},
+        "test_accuracy": float((probabilities.argmax(1) == test.labels).mean()),
+        "outputs_file": REFERENCE_OUTPUTS_FILE,
+        "outputs_sha256": fileio.sha256_of(staging / REFERENCE_OUTPUTS_FILE),
+        "golden_file": GOLDEN_FILE,
+        "golden_sha256": fileio.sha256_of(staging / GOLDEN_FILE),
+        "golden_images": int(len(golden)),
+    }
+
+
+def golden_indices(labels: np.ndarray) -> np.ndarray:
+    """The first GOLDEN_PER_CLASS test images of each class, in test-set order."""
+    chosen = [np.flatnonzero(labels == label)[:GOLDEN_PER_CLASS] for label in range(len(LABELS))]
+    return np.sort(np.concatenate(chosen))

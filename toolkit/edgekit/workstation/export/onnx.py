@@ -1,0 +1,140 @@
+"""Keras -> ONNX: tf2onnx on a tf.function with an explicit signature, ONNX Runtime's static
+int8 quantisation, embedded metadata.
+
+The graph folds made after conversion are in ``onnx_graph``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import __version__, errors
+from edgekit.contract import INPUT_SHAPE
+from edgekit.workstation.export.metadata import edgekit_metadata
+from edgekit.workstation.export.onnx_graph import fold_flatten_transpose, fold_input_scale
+
+
+def serving_function(model: Any) -> Any:
+    """A tf.function with an explicit signature: tf2onnx's ``from_keras`` fails on Keras 3."""
+    import tensorflow as tf
+
+    spec = tf.TensorSpec([None, *INPUT_SHAPE], tf.float32, name="pixels")
+
+    @tf.function(input_signature=[spec])
+    def serve(pixels: Any) -> Any:
+        return {"probabilities": model(pixels, training=False)}
+
+    return serve
+
+
+def to_onnx(model: Any, opset: int) -> Any:
+    import tf2onnx
+
+    function = serving_function(model)
+    try:
+        proto, _ = tf2onnx.convert.from_function(
+            function, input_signature=function.input_signature, opset=opset)
+    except Exception as error:
+        raise errors.ExportError(f"ONNX conversion failed: {str(error).splitlines()[0][:300]}") from error
+    fold_flatten_transpose(proto)
+    fold_input_scale(proto)
+    return proto
+
+
+def add_onnx_metadata(proto: Any, precision: str) -> Any:
+    import onnx
+
+    metadata = edgekit_metadata()
+    entries = {"labels": json.dumps(metadata["labels"]), "input": json.dumps(metadata["input"]),
+               "generator": metadata["generator"], "precision": precision}
+    kept = [prop for prop in proto.metadata_props if prop.key not in entries]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in entries.items():
+        proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
+    proto.producer_name = "edgekit"
+    proto.producer_version = __version__
+    return proto
+
+
+class _CalibrationReader:
+    """ONNX Runtime's CalibrationDataReader over training images, a batch at a time."""
+
+    def __init__(self, input_name: str, images: np.ndarray, batch_size: int = 50):
+        self._batches = iter([{input_name: images[start:start + batch_size]}
+                              for start in range(0, len(images), batch_size)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def classifier_head(proto: Any) -> list[str]:
+    """Names of the nodes that make the classifier head: the last MatMul/Gemm, everything
+    after it, and the activation feeding it.
+
+    They stay in float: the head holds a few thousand weights, and 8-bit probabilities
+    (steps of 1/256) turn near-ties between two classes into flips.
+    """
+    nodes = list(proto.graph.node)
+    last = max((index for index, node in enumerate(nodes) if node.op_type in ("MatMul", "Gemm")),
+               default=None)
+    if last is None:
+        return []
+    head = [node.name for node in nodes[last:]]
+    producers = {output: node for node in nodes for output in node.output}
+    feeding = producers.get(nodes[last].input[0])
+    if feeding is not None and feeding.op_type in ("Relu", "Clip", "Sigmoid", "Tanh"):
+        head.append(feeding.name)
+    return head
+
+
+def quantize_onnx(float_proto: Any, calibration: np.ndarray) -> Any:
+    """Static QDQ int8 quantisation with ONNX Runtime, calibrated on training images.
+
+    ``reduce_range`` (7-bit weights): on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels
+    can saturate 16-bit intermediate sums; measured here, full-range weights dropped
+    agreement with the float model to 97.99% while 7-bit weights kept 99.02% (and the float
+    classifier head takes it to 99.58%). ONNX Runtime's quantization guide recommends
+    reduce_range or U8U8 on such CPUs:
+    https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
+    """
+    import onnx
+    from onnxruntime import quantization as ort_quantization
+
+    with tempfile.TemporaryDirectory(prefix="edgekit-onnx-") as scratch:
+        float_path = Path(scratch) / "float.onnx"
+        prepared_path = Path(scratch) / "prepared.onnx"
+        int8_path = Path(scratch) / "int8.onnx"
+        onnx.save(float_proto, float_path)
+        ort_quantization.shape_inference.quant_pre_process(str(float_path), str(prepared_path))
+        prepared = onnx.load(prepared_path)
+        input_name = prepared.graph.input[0].name
+        try:
+            ort_quantization.quantize_static(
+                str(prepared_path), str(int8_path),
+                _CalibrationReader(input_name, calibration),
+                quant_format=ort_quantization.QuantFormat.QDQ,
+                activation_type=ort_quantization.QuantType.QUInt8,
+                weight_type=ort_quantization.QuantType.QInt8,
+                per_channel=True,
+                reduce_range=True,
+                nodes_to_exclude=classifier_head(prepared),
+                calibrate_method=ort_quantization.CalibrationMethod.MinMax,
+            )
+        except Exception as error:
+            raise errors.ExportError(f"ONNX int8 quantisation failed: {error}") from error
+        return onnx.load(int8_path)
+
+
+def serialized(proto: Any, precision: str) -> bytes:
+    """The file's bytes: ``proto`` with its metadata (added in place), checked by onnx.checker."""
+    import onnx
+
+    payload: bytes = add_onnx_metadata(proto, precision).SerializeToString()
+    onnx.checker.check_model(onnx.load_from_string(payload))
+    return payload
