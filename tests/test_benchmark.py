@@ -1,5 +1,6 @@
 """The benchmark's structure and arithmetic (never a speed: this machine is shared)."""
 
+import collections
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 from edgekit.device import benchmark
+from edgekit.device.benchmark import machine, timing
 
 
 def test_percentiles_are_ordered_and_in_milliseconds():
@@ -40,8 +42,8 @@ def test_rates_pool_every_product():
 
 def test_bracketed_measures_the_rate_before_and_after(monkeypatch):
     events = []
-    monkeypatch.setattr(benchmark, "settle", lambda: events.append("settle"))
-    monkeypatch.setattr(benchmark, "matmul_rate", lambda size, repeats: (
+    monkeypatch.setattr(timing, "settle", lambda: events.append("settle"))
+    monkeypatch.setattr(machine, "matmul_rate", lambda size, repeats: (
         events.append(f"matmul {size}x{repeats}"),
         benchmark.rate_of(size, [0.5] * repeats if len(events) < 3 else [0.25] * repeats))[1])
     result, rate = benchmark.bracketed(lambda: events.append("measure") or {"done": True},
@@ -55,13 +57,14 @@ def test_bracketed_measures_the_rate_before_and_after(monkeypatch):
 def test_settle_waits_for_spinning_threads_to_stop(monkeypatch):
     # This process's CPU clock: a busy worker for the first three windows, then idle.
     clock = iter([0.0, 0.02, 0.02, 0.04, 0.04, 0.06, 0.06, 0.061, 0.061, 0.061])
-    monkeypatch.setattr(benchmark, "own_cpu_seconds", lambda: next(clock))
-    monkeypatch.setattr(benchmark.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(machine, "own_cpu_seconds", lambda: next(clock))
+    monkeypatch.setattr(timing.time, "sleep", lambda seconds: None)
     benchmark.settle(window_seconds=0.02)
     assert next(clock) == 0.061  # four windows read: three busy, one quiet, then it stopped
-    # Where the CPU clock is unknown it does not wait.
-    monkeypatch.setattr(benchmark, "own_cpu_seconds", lambda: None)
-    assert benchmark.settle() < 0.5
+    # Threads that never stop spinning: it gives up after the limit.
+    spinning = iter(range(10**9))
+    monkeypatch.setattr(machine, "own_cpu_seconds", lambda: float(next(spinning)))
+    assert 0.05 <= benchmark.settle(limit_seconds=0.05) < 0.5
 
 
 def test_speedup_over_predict_is_a_ratio_of_p50s():
@@ -71,23 +74,25 @@ def test_speedup_over_predict_is_a_ratio_of_p50s():
     assert benchmark.speedup_over_predict({"rows": rows[1:]}, rows[1]) is None
 
 
-PROC_STAT = """cpu  1000 50 200 5000 30 0 10 40 0 0
-cpu0 500 25 100 2500 15 0 5 20 0 0
-intr 12345
-"""
-
-
-def test_parse_proc_stat_reads_the_machine_wide_line():
-    ticks = benchmark.parse_proc_stat(PROC_STAT)
-    # busy = user + nice + system + irq + softirq; total adds idle, iowait and steal.
-    assert ticks == {"busy": 1260, "steal": 40, "total": 6330}
-    assert benchmark.parse_proc_stat("intr 1 2 3\n") is None
+def test_cpu_times_reads_busy_steal_and_total(monkeypatch):
+    # psutil's Linux fields, in seconds (/proc/stat "cpu  1000 50 200 5000 30 0 10 40 0 0").
+    linux = collections.namedtuple("linux", "user nice system idle iowait irq softirq steal "
+                                            "guest guest_nice")
+    monkeypatch.setattr(machine.psutil, "cpu_times",
+                        lambda: linux(10.0, 0.5, 2.0, 50.0, 0.3, 0.0, 0.1, 0.4, 0.0, 0.0))
+    # busy = user + nice + system + irq + softirq; total adds idle, iowait and steal (guest
+    # time is already in user and nice).
+    assert machine.cpu_times() == pytest.approx({"busy": 12.6, "steal": 0.4, "total": 63.3})
+    # macOS has no steal, irq or iowait.
+    darwin = collections.namedtuple("darwin", "user nice system idle")
+    monkeypatch.setattr(machine.psutil, "cpu_times", lambda: darwin(10.0, 0.5, 2.0, 50.0))
+    assert machine.cpu_times() == pytest.approx({"busy": 12.5, "steal": 0.0, "total": 62.5})
 
 
 def test_machine_load_splits_the_cpu_time():
-    before = {"busy": 0, "steal": 0, "total": 0, "own_seconds": 10.0, "ticks_per_second": 100}
-    # 2 CPUs for 5 s = 1000 ticks: 600 busy, of which this process 4 s (400 ticks); 50 stolen.
-    after = {"busy": 600, "steal": 50, "total": 1000, "own_seconds": 14.0, "ticks_per_second": 100}
+    before = {"busy": 0.0, "steal": 0.0, "total": 0.0, "own_seconds": 10.0}
+    # 2 CPUs for 5 s = 10 CPU seconds: 6 busy, of which this process 4; 0.5 stolen.
+    after = {"busy": 6.0, "steal": 0.5, "total": 10.0, "own_seconds": 14.0}
     load = benchmark.machine_load(before, after)
     assert load == pytest.approx({"cpu_seconds": 10.0, "own": 0.4, "others": 0.2, "steal": 0.05})
     assert benchmark.elsewhere(load) == pytest.approx(0.25)
@@ -101,7 +106,7 @@ def test_machine_load_splits_the_cpu_time():
 def test_cpu_snapshot_of_this_machine():
     snapshot = benchmark.cpu_snapshot()
     if snapshot is None:
-        pytest.skip("no /proc/stat")
+        pytest.skip("no machine-wide CPU times here")
     assert snapshot["total"] >= snapshot["busy"] > 0 and snapshot["own_seconds"] > 0
     later = benchmark.cpu_snapshot()
     assert later is not None and later["total"] >= snapshot["total"]
@@ -246,7 +251,7 @@ def test_warm_up_lasts_a_count_and_a_time(monkeypatch):
     assert benchmark.warm_up(calls.append, images, counted) == 3 == len(calls)
     # A clock that advances 0.01 s per call: 0.05 s of warm-up is five calls.
     clock = {"now": 0.0}
-    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["now"])
     timed = benchmark.BenchmarkConfig(warmup_runs=0, warmup_seconds=0.05)
     done = benchmark.warm_up(lambda image: clock.update(now=clock["now"] + 0.01), images, timed)
     assert done == 5

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +15,9 @@ from edgekit.cli.common import (
     friendly_errors,
     optional_str,
 )
+
+if TYPE_CHECKING:
+    from edgekit.device.benchmark import BenchmarkConfig
 
 
 @click.command()
@@ -51,7 +56,8 @@ def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: i
         warmup_seconds=warmup_seconds, keras=not no_keras,
         training=training, sweep=sweep)
     result = benchmark_module.run(folder, config, data_dir=optional_str(data_dir),
-                                  echo=click.echo, compare=compare)
+                                  echo=click.echo, compare=compare, **workstation_parts(config))
+    plot(result, folder / "reports")
     click.echo("")
     click.echo(f"float32 matmul rate: {result['matmul']['gflops']:.1f} GFLOP/s (best of the run; "
                "each row's % uses the rate measured around its own batches); model: "
@@ -82,3 +88,29 @@ def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: i
                    f"({rates['pipeline_headroom']:.1f}x headroom)")
     click.echo(f"wrote {folder}/reports/benchmark.json and benchmark.png")
     click.echo(f"Next: edgekit predict IMAGE --model {folder}/model_int8.tflite")
+
+
+def workstation_parts(config: BenchmarkConfig) -> dict[str, Any]:
+    """The TensorFlow measurements the run asks for, where TensorFlow is installed.
+
+    Without it the Keras baselines are skipped with a note (a device install), while
+    ``--training`` fails at once, before minutes of measuring, as it would after them.
+    """
+    if importlib.util.find_spec("tensorflow") is None:
+        if config.training:
+            raise ModuleNotFoundError("No module named 'tensorflow'", name="tensorflow")
+        return {}
+    from edgekit.workstation import benchmark_keras
+
+    return {"keras_baselines": benchmark_keras.keras_baselines if config.keras else None,
+            "training_throughput": benchmark_keras.training_throughput if config.training else None}
+
+
+def plot(result: dict[str, Any], reports: Path) -> None:
+    """The benchmark figure, where matplotlib is installed."""
+    if importlib.util.find_spec("matplotlib") is None:
+        click.echo("matplotlib not installed: skipping benchmark plots (pip install 'edgekit[train]')")
+        return
+    from edgekit.workstation import benchmark_plot
+
+    benchmark_plot.plot(result, reports)
