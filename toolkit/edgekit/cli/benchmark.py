@@ -11,9 +11,9 @@ import click
 from edgekit.cli.common import (
     DEFAULT_EXPORT_DIR,
     config_or_bad_parameter,
-    data_dir_option,
+    data_spec,
     friendly_errors,
-    optional_str,
+    recorded_data_option,
 )
 
 if TYPE_CHECKING:
@@ -42,11 +42,12 @@ if TYPE_CHECKING:
 @click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path),
               help="Another release folder (e.g. exported/reference) whose artifacts are "
                    "measured in the same run; repeatable.")
-@data_dir_option
+@recorded_data_option
 @friendly_errors
 def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: int,
               batched_seconds: float, warmup_seconds: float, no_keras: bool, sweep: bool,
-              training: bool, compare: tuple[Path, ...], data_dir: Path | None) -> None:
+              training: bool, compare: tuple[Path, ...], data: str | None,
+              skip_bad_images: bool) -> None:
     """Latency, throughput, load time, memory and size of every artifact, in one run."""
     from edgekit.device import benchmark as benchmark_module
 
@@ -55,7 +56,7 @@ def benchmark(folder: Path, batch_size: int, threads: int | None, single_runs: i
         single_runs=single_runs, batched_seconds=batched_seconds,
         warmup_seconds=warmup_seconds, keras=not no_keras,
         training=training, sweep=sweep)
-    result = benchmark_module.run(folder, config, data_dir=optional_str(data_dir),
+    result = benchmark_module.run(folder, config, spec=data_spec(data, skip_bad_images),
                                   echo=click.echo, compare=compare, **workstation_parts(config))
     plot(result, folder / "reports")
     click.echo("")

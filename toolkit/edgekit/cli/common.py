@@ -85,12 +85,3 @@ def data_spec(data: str | None, skip_bad_images: bool, image_size: str | None = 
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
 
-
-# The benchmark's own dataset option until it reads --data like the other commands.
-data_dir_option = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True,
-    help="Folder with the four Fashion-MNIST .gz files.")
-
-
-def optional_str(path: Path | None) -> str | None:
-    return str(path) if path else None

@@ -9,9 +9,9 @@ import click
 from edgekit.cli.common import (
     DEFAULT_MODEL,
     config_or_bad_parameter,
-    data_dir_option,
+    data_spec,
     friendly_errors,
-    optional_str,
+    recorded_data_option,
 )
 
 
@@ -27,11 +27,22 @@ from edgekit.cli.common import (
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--output-dir", type=click.Path(path_type=Path), default=None,
               help="Where artifacts and manifest.json go (default: the model's folder).")
-@data_dir_option
+@recorded_data_option
+@click.option("--input-range", type=click.Choice(["0-255", "0-1", "-1-1"]), default=None,
+              help="What pixel range a model trained elsewhere expects (default: 0-255 when it "
+                   "starts with a Rescaling or Normalization layer). A Rescaling is added so "
+                   "every artifact takes raw 0-255 pixels.")
+@click.option("--output", "output_kind", type=click.Choice(["probabilities", "logits"]),
+              default=None, help="What the model returns (default: probabilities when it ends "
+                                 "in a softmax, else logits, which get a softmax added).")
 @friendly_errors
 def export(model_path: Path, export_format: str, quantize: tuple[str, ...], calibration_size: int,
-           opset: int, output_dir: Path | None, data_dir: Path | None) -> None:
-    """Export to TFLite (fp32, fp16, dynamic, int8) and ONNX (fp32, int8) with a manifest."""
+           opset: int, output_dir: Path | None, data: str | None, skip_bad_images: bool,
+           input_range: str | None, output_kind: str | None) -> None:
+    """Export to TFLite (fp32, fp16, dynamic, int8) and ONNX (fp32, int8) with a manifest.
+
+    Works on a model trained by `edgekit train` or a Keras image classifier trained
+    elsewhere (give its dataset with --data DIR)."""
     from edgekit.workstation.config import ExportConfig
 
     config = config_or_bad_parameter(ExportConfig, format=export_format, quantize=quantize,
@@ -40,6 +51,8 @@ def export(model_path: Path, export_format: str, quantize: tuple[str, ...], cali
 
     output_dir = output_dir or model_path.parent
     artifacts = export_module.export(model_path, output_dir, config,
-                                     data_dir=optional_str(data_dir), echo=click.echo)
+                                     spec=data_spec(data, skip_bad_images),
+                                     input_range=input_range, output=output_kind,
+                                     echo=click.echo)
     click.echo(f"{len(artifacts)} artifact(s) and {output_dir}/manifest.json written")
     click.echo(f"Next: edgekit verify {output_dir}")

@@ -102,7 +102,7 @@ def locate(data_dir: str | os.PathLike[str] | None = None,
     explicit = data_dir if data_dir is not None else os.environ.get(ENV_VAR) or None
     if explicit is not None:
         folder = Path(explicit).expanduser()
-        source = "--data-dir" if data_dir is not None else ENV_VAR
+        source = "--data" if data_dir is not None else ENV_VAR
         if not folder.is_dir():
             raise errors.DataError(f"dataset folder {folder} (from {source}) does not exist. {FIX_HINT}")
         missing = [name for name in FILES.values() if not (folder / name).is_file()]

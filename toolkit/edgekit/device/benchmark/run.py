@@ -19,7 +19,7 @@ import numpy as np
 
 from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
-from edgekit.device import datasets, runtime
+from edgekit.device import datasets, runtime, verify
 from edgekit.device.benchmark import machine, timing
 from edgekit.device.benchmark.config import REPORT_JSON, BenchmarkConfig
 
@@ -32,7 +32,7 @@ NO_TENSORFLOW = "TensorFlow not installed: skipping {} (pip install 'edgekit[tra
 SWEEP_BATCHES = (1, 32, 256)
 
 
-def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
+def run(folder: Path, config: BenchmarkConfig, spec: datasets.DataSpec | None = None,
         echo: Echo = print, compare: tuple[Path, ...] = (),
         keras_baselines: KerasBaselines | None = None,
         training_throughput: TrainingThroughput | None = None) -> dict[str, Any]:
@@ -50,7 +50,7 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
         if not listed["artifacts"]:
             raise errors.ManifestError(f"{release} lists no exported models to benchmark; "
                                        f"create them with `edgekit export --output-dir {release}`.")
-    images = bench_images(folder, manifest, data_dir)
+    images = bench_images(folder, manifest, spec)
     run_snapshot = machine.cpu_snapshot()
     reference = manifest.get("reference") or {}
     macs = int(reference.get("macs_per_image") or 0)
@@ -99,14 +99,16 @@ def run(folder: Path, config: BenchmarkConfig, data_dir: str | None = None,
     return result
 
 
-def bench_images(folder: Path, manifest: dict[str, Any], data_dir: str | None) -> np.ndarray:
-    """Real test images: the golden bundle's (no dataset needed), else the dataset's."""
+def bench_images(folder: Path, manifest: dict[str, Any],
+                 spec: datasets.DataSpec | None) -> np.ndarray:
+    """Real test images: the golden bundle's (no dataset needed), else the release's test split."""
     golden_name = (manifest.get("reference") or {}).get("golden_file")
     if golden_name and (folder / golden_name).is_file():
         with np.load(folder / golden_name) as bundle:
             images = bundle["images"]
     else:
-        images = datasets.load_test(data_dir).images[:512]
+        contract = manifest_module.contract_of(manifest, folder)
+        images = verify.release_test_split(manifest, contract, spec).images[:512]
     while len(images) < 1024:
         images = np.concatenate([images, images])
     return images

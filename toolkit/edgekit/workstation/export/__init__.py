@@ -30,10 +30,10 @@ import numpy as np
 
 from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
-from edgekit.contract import LABELS
 from edgekit.device import datasets, runtime
-from edgekit.workstation import fashion_download, models, training
+from edgekit.workstation import models, training
 from edgekit.workstation.config import ExportConfig, ExportFormat, Quantization
+from edgekit.workstation.export import reference as reference_module
 from edgekit.workstation.export.onnx import quantize_onnx, serialized, to_onnx
 from edgekit.workstation.export.tflite import to_tflite
 
@@ -129,10 +129,13 @@ def quiet_native_output() -> Iterator[None]:
 STAGING_PREFIX = ".edgekit-staging-"
 
 
-def export(model_path: Path, output_dir: Path, config: ExportConfig, data_dir: str | None = None,
-           echo: Callable[[str], None] = print) -> list[Artifact]:
+def export(model_path: Path, output_dir: Path, config: ExportConfig,
+           spec: datasets.DataSpec | None = None, input_range: str | None = None,
+           output: str | None = None, echo: Callable[[str], None] = print) -> list[Artifact]:
     """Export every requested artifact into ``output_dir`` and update its manifest.
 
+    ``spec`` names the data (default: what the model was trained on); ``input_range`` and
+    ``output`` describe a model trained elsewhere (see :mod:`.reference`).
     Everything is first written to a staging folder inside ``output_dir``; only when all
     files exist are they renamed into place, the manifest last. A run killed mid-way
     leaves the previous release as it was (and a staging folder the next run removes).
@@ -140,17 +143,22 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig, data_dir: s
     from edgekit.workstation import evaluation
 
     pairs = plan(config)
+    model = evaluation.load_keras_model(model_path)
+    reference = reference_module.prepare(model, Path(model_path), spec, input_range, output)
+    for warning in reference.dataset.warnings:
+        echo(f"warning: {warning}")
+    if not len(reference.dataset.train) or not len(reference.dataset.test):
+        raise errors.DataError("the dataset has no training or no test images to calibrate and "
+                               "verify with.")
     output_dir = fileio.ensure_dir(output_dir)
     for stale in output_dir.glob(STAGING_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
-    model = evaluation.load_keras_model(model_path)
-    dataset = datasets.load(data_dir, download=fashion_download.download)
-    calibration = calibration_images(dataset.train, config.calibration_size, config.seed)
-    manifest = manifest_module.load_or_empty(output_dir)
+    calibration = calibration_images(reference.dataset.train, config.calibration_size, config.seed)
+    manifest = manifest_module.load_or_empty(output_dir, reference.contract)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
     try:
-        artifacts = _export_into(model, Path(model_path), output_dir, staging, manifest, pairs,
-                                 config, dataset, calibration, echo)
+        artifacts = _export_into(reference, Path(model_path), output_dir, staging, manifest,
+                                 pairs, config, calibration, echo)
         for staged in sorted(staging.iterdir()):
             os.replace(staged, output_dir / staged.name)
         manifest_module.save(output_dir, manifest)
@@ -159,16 +167,22 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig, data_dir: s
     return artifacts
 
 
-def _export_into(model: Any, model_path: Path, output_dir: Path, staging: Path,
-                 manifest: dict[str, Any], pairs: list[tuple[ExportFormat, Quantization]],
-                 config: ExportConfig, dataset: datasets.Dataset, calibration: np.ndarray,
-                 echo: Callable[[str], None]) -> list[Artifact]:
-    reference_entry = write_reference(model, model_path, output_dir, staging, dataset.test)
-    if manifest.get("reference") and manifest["reference"].get("sha256") != reference_entry["sha256"]:
-        # A new reference model invalidates every artifact measured against the old one.
+def _export_into(reference: reference_module.Reference, model_path: Path, output_dir: Path,
+                 staging: Path, manifest: dict[str, Any],
+                 pairs: list[tuple[ExportFormat, Quantization]], config: ExportConfig,
+                 calibration: np.ndarray, echo: Callable[[str], None]) -> list[Artifact]:
+    model, contract = reference.model, reference.contract
+    reference_entry = write_reference(reference, model_path, output_dir, staging)
+    if (manifest.get("reference") and manifest["reference"].get("sha256") != reference_entry["sha256"]
+            or manifest["input"] != contract.to_dict() or manifest["labels"] != list(contract.labels)):
+        # A new reference model (or contract) invalidates every artifact measured before.
         manifest["artifacts"] = []
+    manifest["schema_version"] = manifest_module.SCHEMA_VERSION
     manifest["reference"] = reference_entry
-    fileio.write_text(staging / LABELS_FILE, "\n".join(LABELS) + "\n")
+    manifest["labels"] = list(contract.labels)
+    manifest["input"] = contract.to_dict()
+    manifest["dataset"] = reference.dataset.record
+    fileio.write_text(staging / LABELS_FILE, "\n".join(contract.labels) + "\n")
     artifacts: list[Artifact] = []
     onnx_float = None
     for export_format, quantization in pairs:
@@ -176,13 +190,13 @@ def _export_into(model: Any, model_path: Path, output_dir: Path, staging: Path,
         name = artifact_name(export_format, quantization)
         with quiet_native_output():
             if export_format == ExportFormat.TFLITE:
-                payload = to_tflite(model, quantization, calibration)
+                payload = to_tflite(model, quantization, calibration, contract)
             else:
                 if onnx_float is None:
-                    onnx_float = to_onnx(model, config.opset)
+                    onnx_float = to_onnx(model, config.opset, contract)
                 proto = onnx_float if quantization == Quantization.NONE \
                     else quantize_onnx(onnx_float, calibration)
-                payload = serialized(proto, PRECISION_NAMES[quantization])
+                payload = serialized(proto, PRECISION_NAMES[quantization], contract)
         fileio.write_bytes(staging / name, payload)
         seconds = time.perf_counter() - started
         entry = artifact_entry(staging / name, export_format, quantization, config, seconds)
@@ -215,23 +229,33 @@ def artifact_entry(path: Path, export_format: ExportFormat, quantization: Quanti
     }
 
 
-def write_reference(model: Any, model_path: Path, output_dir: Path, staging: Path,
-                    test: datasets.Split) -> dict[str, Any]:
+def write_reference(reference: reference_module.Reference, model_path: Path, output_dir: Path,
+                    staging: Path) -> dict[str, Any]:
     """Stage the Keras model and its test-set probabilities beside the artifacts.
 
     The stored probabilities let ``edgekit verify`` run without TensorFlow; the golden
     bundle (a stratified few hundred test images) lets it run without the dataset.
+    A user's model that needed a wrapper is saved wrapped: that is what the artifacts are.
     """
     from edgekit.workstation import evaluation
 
-    if Path(model_path).resolve() != (output_dir / REFERENCE_FILE).resolve():
+    model, test = reference.model, reference.dataset.test
+    source_sha256 = fileio.sha256_of(model_path)
+    if reference.wrapped:
+        with fileio.atomic_path(staging / REFERENCE_FILE) as temporary:
+            model.save(temporary)
+        model_path = staging / REFERENCE_FILE
+    elif Path(model_path).resolve() != (output_dir / REFERENCE_FILE).resolve():
         fileio.copy_file(model_path, staging / REFERENCE_FILE)
+    recorded = Path(model_path).parent / training.DATASET_FILE
+    if recorded.is_file() and recorded.resolve() != (output_dir / training.DATASET_FILE).resolve():
+        fileio.copy_file(recorded, staging / training.DATASET_FILE)
     sha256 = fileio.sha256_of(model_path)
     probabilities = evaluation.predict_probabilities(model, test.images)
     with fileio.atomic_path(staging / REFERENCE_OUTPUTS_FILE) as temporary:
         np.savez_compressed(temporary, probabilities=probabilities, labels=test.labels,
                             model_sha256=np.array(sha256))
-    golden = golden_indices(test.labels)
+    golden = golden_indices(test.labels, reference.contract.num_classes)
     with fileio.atomic_path(staging / GOLDEN_FILE) as temporary:
         np.savez_compressed(temporary, indices=golden, images=test.images[golden],
                             labels=test.labels[golden], probabilities=probabilities[golden],
@@ -254,10 +278,12 @@ def write_reference(model: Any, model_path: Path, output_dir: Path, staging: Pat
         "golden_file": GOLDEN_FILE,
         "golden_sha256": fileio.sha256_of(staging / GOLDEN_FILE),
         "golden_images": int(len(golden)),
+        "source_sha256": source_sha256,
+        **reference.record(),
     }
 
 
-def golden_indices(labels: np.ndarray) -> np.ndarray:
+def golden_indices(labels: np.ndarray, classes: int) -> np.ndarray:
     """The first GOLDEN_PER_CLASS test images of each class, in test-set order."""
-    chosen = [np.flatnonzero(labels == label)[:GOLDEN_PER_CLASS] for label in range(len(LABELS))]
+    chosen = [np.flatnonzero(labels == label)[:GOLDEN_PER_CLASS] for label in range(classes)]
     return np.sort(np.concatenate(chosen))

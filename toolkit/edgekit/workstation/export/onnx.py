@@ -14,16 +14,16 @@ from typing import Any
 import numpy as np
 
 from edgekit import __version__, errors
-from edgekit.contract import INPUT_SHAPE
+from edgekit.contract import InputContract
 from edgekit.workstation.export.metadata import edgekit_metadata
 from edgekit.workstation.export.onnx_graph import fold_flatten_transpose, fold_input_scale
 
 
-def serving_function(model: Any) -> Any:
+def serving_function(model: Any, contract: InputContract) -> Any:
     """A tf.function with an explicit signature: tf2onnx's ``from_keras`` fails on Keras 3."""
     import tensorflow as tf
 
-    spec = tf.TensorSpec([None, *INPUT_SHAPE], tf.float32, name="pixels")
+    spec = tf.TensorSpec([None, *contract.shape], tf.float32, name="pixels")
 
     @tf.function(input_signature=[spec])
     def serve(pixels: Any) -> Any:
@@ -32,10 +32,10 @@ def serving_function(model: Any) -> Any:
     return serve
 
 
-def to_onnx(model: Any, opset: int) -> Any:
+def to_onnx(model: Any, opset: int, contract: InputContract) -> Any:
     import tf2onnx
 
-    function = serving_function(model)
+    function = serving_function(model, contract)
     try:
         proto, _ = tf2onnx.convert.from_function(
             function, input_signature=function.input_signature, opset=opset)
@@ -46,10 +46,10 @@ def to_onnx(model: Any, opset: int) -> Any:
     return proto
 
 
-def add_onnx_metadata(proto: Any, precision: str) -> Any:
+def add_onnx_metadata(proto: Any, precision: str, contract: InputContract) -> Any:
     import onnx
 
-    metadata = edgekit_metadata()
+    metadata = edgekit_metadata(contract)
     entries = {"labels": json.dumps(metadata["labels"]), "input": json.dumps(metadata["input"]),
                "generator": metadata["generator"], "precision": precision}
     kept = [prop for prop in proto.metadata_props if prop.key not in entries]
@@ -131,10 +131,10 @@ def quantize_onnx(float_proto: Any, calibration: np.ndarray) -> Any:
         return onnx.load(int8_path)
 
 
-def serialized(proto: Any, precision: str) -> bytes:
+def serialized(proto: Any, precision: str, contract: InputContract) -> bytes:
     """The file's bytes: ``proto`` with its metadata (added in place), checked by onnx.checker."""
     import onnx
 
-    payload: bytes = add_onnx_metadata(proto, precision).SerializeToString()
+    payload: bytes = add_onnx_metadata(proto, precision, contract).SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(payload))
     return payload

@@ -12,13 +12,15 @@ from typing import Any
 import numpy as np
 
 from edgekit import errors
+from edgekit.contract import InputContract
 from edgekit.device import tflite_metadata
 from edgekit.workstation.config import Quantization
 from edgekit.workstation.export.metadata import edgekit_metadata
 from edgekit.workstation.export.tflite_graph import keep_first_conv_float32, static_flatten
 
 
-def to_tflite(model: Any, quantization: Quantization, calibration: np.ndarray) -> bytes:
+def to_tflite(model: Any, quantization: Quantization, calibration: np.ndarray,
+              contract: InputContract) -> bytes:
     import tensorflow as tf
 
     # from_keras_model freezes Keras 3 variables into the flatbuffer; from_concrete_functions
@@ -44,7 +46,7 @@ def to_tflite(model: Any, quantization: Quantization, calibration: np.ndarray) -
     except Exception as error:
         raise errors.ExportError(f"TFLite conversion ({quantization.value}) failed: "
                                  f"{str(error).splitlines()[0][:300]}") from error
-    return add_tflite_metadata(flatbuffer)
+    return add_tflite_metadata(flatbuffer, contract)
 
 
 def _representative(calibration: np.ndarray) -> Callable[[], Iterator[list[np.ndarray]]]:
@@ -54,7 +56,7 @@ def _representative(calibration: np.ndarray) -> Callable[[], Iterator[list[np.nd
     return generate
 
 
-def add_tflite_metadata(flatbuffer: bytes) -> bytes:
+def add_tflite_metadata(flatbuffer: bytes, contract: InputContract) -> bytes:
     """Embed labels and the input contract as a TFLite metadata entry named ``edgekit``.
 
     Done with TensorFlow's flatbuffer utilities, because ``tflite-support`` (the usual
@@ -65,7 +67,7 @@ def add_tflite_metadata(flatbuffer: bytes) -> bytes:
 
     model = flatbuffer_utils.read_model_from_bytearray(bytearray(flatbuffer))
     buffer = schema.BufferT()
-    buffer.data = np.frombuffer(json.dumps(edgekit_metadata()).encode("utf-8"), dtype=np.uint8)
+    buffer.data = np.frombuffer(json.dumps(edgekit_metadata(contract)).encode("utf-8"), dtype=np.uint8)
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name = tflite_metadata.METADATA_NAME

@@ -1,0 +1,104 @@
+"""The reference model of a release: an edgekit-trained model, or a user's own Keras model.
+
+Every artifact takes raw uint8 pixels and returns probabilities. A model trained by edgekit
+already does (``Rescaling`` inside, softmax at the end). A classifier trained elsewhere may
+expect 0..1 or -1..1 input, or end in logits: it is wrapped once here — a ``Rescaling`` in
+front, a ``Softmax`` behind — and the wrapped model is the release's ``model.keras``, the
+reference every artifact is measured against. What was added is recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from edgekit import errors
+from edgekit.contract import InputContract
+from edgekit.device import datasets
+from edgekit.workstation import training
+
+INPUT_RANGES = {"0-255": None, "0-1": (1 / 255, 0.0), "-1-1": (1 / 127.5, -1.0)}
+OUTPUTS = ("probabilities", "logits")
+SCALING_LAYERS = ("Rescaling", "Normalization")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    model: Any  # takes raw 0..255 float32 pixels, returns probabilities
+    contract: InputContract
+    dataset: datasets.Dataset
+    input_range: str  # what the original model expected
+    output: str  # what the original model returned
+    wrapped: bool  # a Rescaling and/or Softmax was added around the original
+
+    def record(self) -> dict[str, Any]:
+        return {"input_range": self.input_range, "output": self.output, "wrapped": self.wrapped}
+
+
+def check_classifier(model: Any, path: Path) -> tuple[tuple[int, int, int], int]:
+    """One NHWC image input of known size, one [N, classes] output — else one clear error."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise errors.ModelError(
+            f"{path} has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); edgekit "
+            "exports image classifiers with one image input and one class output.")
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(shape) != 3 or None in shape or shape[-1] not in (1, 3):
+        raise errors.ModelError(
+            f"{path} takes input of shape {[None, *shape]}; edgekit exports image classifiers "
+            "taking [N, height, width, 1 or 3] (NHWC, a fixed size).")
+    output = tuple(model.outputs[0].shape[1:])
+    if len(output) != 1 or output[0] is None or output[0] < 2:
+        raise errors.ModelError(
+            f"{path} outputs shape {[None, *output]}, not [N, classes]: it is not a classifier.")
+    return (int(shape[0]), int(shape[1]), int(shape[2])), int(output[0])
+
+
+def _first_layer_scales(model: Any) -> bool:
+    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
+    return bool(layers) and type(layers[0]).__name__ in SCALING_LAYERS
+
+
+def _ends_in_softmax(model: Any) -> bool:
+    last = model.layers[-1]
+    activation = getattr(last, "activation", None)
+    return type(last).__name__ == "Softmax" or getattr(activation, "__name__", "") == "softmax"
+
+
+def prepare(model: Any, model_path: Path, spec: datasets.DataSpec | None,
+            input_range: str | None, output: str | None) -> Reference:
+    """The reference model, its contract and dataset for ``edgekit export``."""
+    import keras
+
+    check_classifier(model, model_path)
+    record = training.load_record(model_path)
+    trained_here = training.contract_of_record(record) is not None or (
+        record is not None and _first_layer_scales(model) and _ends_in_softmax(model))
+    if input_range is None:
+        if trained_here or _first_layer_scales(model):
+            input_range = "0-255"
+        else:
+            raise errors.ModelError(
+                f"{model_path} has no leading Rescaling or Normalization layer, so edgekit cannot "
+                "tell what pixel range it expects: pass --input-range 0-255, 0-1 or -1-1.")
+    if output is None:
+        output = "probabilities" if _ends_in_softmax(model) else "logits"
+    dataset = training.data_for_model(model_path, model, spec)
+    scaling = INPUT_RANGES[input_range]
+    wrapped = scaling is not None or output == "logits"
+    if wrapped:
+        inputs = keras.Input(shape=dataset.contract.shape, dtype="float32", name="pixels")
+        x = inputs
+        if scaling is not None:
+            x = keras.layers.Rescaling(scaling[0], offset=scaling[1], name="edgekit_scale")(x)
+        x = model(x)
+        if output == "logits":
+            x = keras.layers.Softmax(name="edgekit_softmax")(x)
+        model = keras.Model(inputs, x, name=f"edgekit_wrapped_{model.name}")
+    contract = dataclasses.replace(
+        dataset.contract,
+        scaling="inside the graph" + (f" (Rescaling added at export: the model expected "
+                                      f"{input_range})" if scaling is not None else ""),
+        output="probabilities" + (" (softmax added at export over the model's logits)"
+                                  if output == "logits" else ""))
+    return Reference(model, contract, dataset, input_range, output, wrapped)
