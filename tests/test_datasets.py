@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from edgekit import errors
-from edgekit.contract import LABELS
+from edgekit.contract import FASHION_MNIST_LABELS as LABELS
 from edgekit.device import datasets
 
 

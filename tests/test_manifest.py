@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ARTIFACTS
 from edgekit import errors, fileio, manifest
-from edgekit.contract import LABELS
+from edgekit.contract import FASHION_MNIST_LABELS as LABELS
 
 
 def test_released_manifest_describes_every_artifact(exported):

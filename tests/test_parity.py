@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ARTIFACTS, requires_tensorflow, run_cli
 from edgekit import errors, manifest
-from edgekit.contract import LABELS
+from edgekit.contract import FASHION_MNIST_LABELS as LABELS
 from edgekit.device import parity, runtime
 from edgekit.device import verify as verify_module
 

@@ -5,7 +5,8 @@ import pytest
 
 from conftest import ARTIFACTS
 from edgekit import errors
-from edgekit.contract import FASHION_MNIST, LABELS
+from edgekit.contract import FASHION_MNIST
+from edgekit.contract import FASHION_MNIST_LABELS as LABELS
 from edgekit.device import runtime
 
 

@@ -149,10 +149,3 @@ FASHION_MNIST = InputContract(
     ),
 )
 
-# Transitional names for modules not yet converted to the contract as data (removed once every
-# caller takes an InputContract).
-LABELS = FASHION_MNIST_LABELS
-NUM_CLASSES = len(LABELS)
-IMAGE_SIZE = 28
-INPUT_SHAPE: tuple[int, int, int] = FASHION_MNIST.shape
-INPUT_CONTRACT: dict[str, Any] = FASHION_MNIST.to_dict()
