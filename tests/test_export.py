@@ -3,6 +3,7 @@
 import numpy as np
 
 from conftest import requires_tensorflow
+from edgekit.contract import FASHION_MNIST
 
 
 @requires_tensorflow
@@ -17,7 +18,7 @@ def test_fp16_tflite_keeps_the_first_convolution_in_float32(tmp_path):
 
     model = models.build(TrainConfig.for_architecture("edge"))
     with export.quiet_native_output():
-        blob = export.to_tflite(model, Quantization.FLOAT16, None)
+        blob = export.to_tflite(model, Quantization.FLOAT16, None, FASHION_MNIST)
     parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
     graph = parsed.subgraphs[0]
     first = tflite_graph._first_conv(parsed)
@@ -49,7 +50,7 @@ def test_tflite_flatten_has_a_constant_shape_and_any_batch_size(tmp_path):
     pixels = np.random.default_rng(1).integers(0, 256, (37, 28, 28, 1)).astype(np.float32)
     expected = np.asarray(model(pixels, training=False))
     with export.quiet_native_output():
-        blob = export.to_tflite(model, Quantization.NONE, None)
+        blob = export.to_tflite(model, Quantization.NONE, None, FASHION_MNIST)
     parsed = flatbuffer_utils.read_model_from_bytearray(bytearray(blob))
     names = tflite_graph._operator_names()
     operators = [tflite_graph._operator_name(parsed, op, names) for op in parsed.subgraphs[0].operators]

@@ -249,7 +249,7 @@ def train(config: TrainConfig, output_dir: Path, spec: datasets.DataSpec | None 
     contract = dataset.contract
     if state is None:
         fileio.write_json(recorded, {"spec": spec.to_dict(), "contract": contract.to_dict(),
-                                     **dataset.record})
+                                     "labels": list(contract.labels), **dataset.record})
     initial_epoch = 0 if state is None else int(state["epoch"])
     # Seeded per starting epoch: a resumed run does not replay the first epochs' order.
     keras.utils.set_random_seed(config.seed + initial_epoch)
