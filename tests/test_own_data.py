@@ -142,3 +142,27 @@ def test_bring_your_own_keras_model(tmp_path, test_split):
     int8 = runtime.load(release / "model_int8.tflite")
     probabilities = int8.predict(prepared.test.images[:5].astype(np.uint8))
     assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-2)  # probabilities, not logits
+
+
+def test_a_model_that_is_not_an_image_classifier_is_one_error_line(tmp_path, test_split):
+    import keras
+
+    data = tinted_folder(tmp_path / "mine", test_split, per_class=5)
+    vector_in = keras.Input((64,))
+    two_a, two_b = keras.Input((32, 32, 3)), keras.Input((32, 32, 3))
+    flat = keras.layers.Flatten()
+    cases = {
+        "vector.keras": (keras.Model(vector_in, keras.layers.Dense(4)(vector_in)),
+                         "takes input of shape [None, 64]"),
+        "two-inputs.keras": (keras.Model([two_a, two_b], keras.layers.Dense(4)(
+            keras.layers.Concatenate()([flat(two_a), flat(two_b)]))), "has 2 input(s)"),
+    }
+    for name, (model, fragment) in cases.items():
+        path = tmp_path / name
+        model.save(path)
+        result = run_cli("export", "--model", str(path), "--data", str(data), "--input-range",
+                         "0-1", "--output-dir", str(tmp_path / "out"))
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert result.returncode == 1 and len(errors) == 1 and fragment in errors[0], result.stderr
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "out").exists()  # nothing written
