@@ -1,0 +1,155 @@
+"""Micro-batching: requests that arrive together run as one model call.
+
+One worker thread owns the model (LiteRT interpreters and ONNX Runtime sessions are called from
+that thread only, and the event loop never blocks on a model call). A request announces itself
+when it starts reading its body (:meth:`MicroBatcher.arriving`) and hands over its prepared
+pixels with :meth:`MicroBatcher.submit`. The worker takes the first waiting job and, while other
+requests are still on their way and the batch has room, waits up to ``wait_seconds`` for them;
+with nothing on its way it runs at once, so a lone client never pays the wait. ``max_batch`` 1
+is "no batching": every request is one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+
+class BatcherClosed(RuntimeError):
+    """The server is stopping; no new model calls are taken."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchResult:
+    probabilities: np.ndarray  # [images of this request, classes]
+    queue_seconds: float  # from submit to the start of the model call
+    model_seconds: float  # the batch's model call
+    batch_images: int  # images in that call (this request's and others')
+
+
+@dataclasses.dataclass
+class _Job:
+    pixels: np.ndarray
+    future: asyncio.Future[BatchResult]
+    loop: asyncio.AbstractEventLoop
+    submitted: float
+
+
+class MicroBatcher:
+    def __init__(self, predict: Callable[[np.ndarray], np.ndarray], max_batch: int,
+                 wait_seconds: float) -> None:
+        if max_batch < 1 or wait_seconds < 0:
+            raise ValueError("max_batch must be at least 1 and wait_seconds at least 0")
+        self._predict = predict
+        self.max_batch = max_batch
+        self.wait_seconds = wait_seconds
+        self._condition = threading.Condition()
+        self._jobs: collections.deque[_Job] = collections.deque()
+        self._queued_images = 0
+        self._arriving = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._work, name="edgekit-model", daemon=True)
+        self.batches = 0  # model calls made
+        self.images = 0  # images they held
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Run what is queued, then stop the worker."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a request as on its way (reading, decoding) while the block runs."""
+        self._count_arrival(1)
+        try:
+            yield
+        finally:
+            self._count_arrival(-1)
+
+    def submit(self, pixels: np.ndarray) -> asyncio.Future[BatchResult]:
+        """Queue uint8 ``[N, H, W, C]`` pixels (``N <= max_batch``); await the returned future."""
+        if not 1 <= len(pixels) <= self.max_batch:
+            raise ValueError(f"a job holds 1..{self.max_batch} images, not {len(pixels)}")
+        loop = asyncio.get_running_loop()
+        job = _Job(pixels, loop.create_future(), loop, time.perf_counter())
+        with self._condition:
+            if self._closed:
+                raise BatcherClosed("the server is stopping")
+            self._jobs.append(job)
+            self._queued_images += len(pixels)
+            self._condition.notify_all()
+        return job.future
+
+    def _count_arrival(self, change: int) -> None:
+        with self._condition:
+            self._arriving += change
+            self._condition.notify_all()
+
+    def _work(self) -> None:
+        while (jobs := self._next_batch()) is not None:
+            self._run(jobs)
+
+    def _next_batch(self) -> list[_Job] | None:
+        with self._condition:
+            while not self._jobs and not self._closed:
+                self._condition.wait()
+            if not self._jobs:
+                return None  # closed, and everything queued has run
+            deadline = time.perf_counter() + self.wait_seconds
+            while self._arriving and self._queued_images < self.max_batch and not self._closed:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._condition.wait(remaining)
+            jobs = [self._jobs.popleft()]
+            images = len(jobs[0].pixels)
+            while self._jobs and images + len(self._jobs[0].pixels) <= self.max_batch:
+                jobs.append(self._jobs.popleft())
+                images += len(jobs[-1].pixels)
+            self._queued_images -= images
+            return jobs
+
+    def _run(self, jobs: list[_Job]) -> None:
+        pixels = jobs[0].pixels if len(jobs) == 1 else np.concatenate([job.pixels for job in jobs])
+        started = time.perf_counter()
+        try:
+            probabilities = self._predict(pixels)
+        except Exception as error:  # the requests get it; the worker keeps serving
+            for job in jobs:
+                _deliver(job, error)
+            return
+        model_seconds = time.perf_counter() - started
+        self.batches += 1
+        self.images += len(pixels)
+        offset = 0
+        for job in jobs:
+            count = len(job.pixels)
+            _deliver(job, BatchResult(probabilities[offset:offset + count], started - job.submitted,
+                                      model_seconds, len(pixels)))
+            offset += count
+
+
+def _deliver(job: _Job, outcome: BatchResult | Exception) -> None:
+    def settle() -> None:
+        if job.future.done():  # the request was cancelled (client gone)
+            return
+        if isinstance(outcome, Exception):
+            job.future.set_exception(outcome)
+        else:
+            job.future.set_result(outcome)
+
+    with contextlib.suppress(RuntimeError):  # the event loop has already closed
+        job.loop.call_soon_threadsafe(settle)

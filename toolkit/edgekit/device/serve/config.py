@@ -1,0 +1,63 @@
+"""The server's settings: one frozen dataclass, its fields one to one with ``edgekit serve``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+MEBIBYTE = 1024 * 1024
+DEFAULT_MAX_UPLOAD_MB = 10.0
+DEFAULT_MAX_BATCH = 32
+DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_MAX_IMAGES = 64
+DEFAULT_TOP_K = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """What one server process runs, where, and within which limits.
+
+    ``max_batch`` 1 turns micro-batching off (every request is its own model call);
+    ``batch_wait_ms`` is the longest a batch waits for requests still being read.
+    """
+
+    model: Path
+    host: str = "127.0.0.1"
+    port: int = 8000
+    threads: int | None = None
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+    max_batch: int = DEFAULT_MAX_BATCH
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
+    max_images: int = DEFAULT_MAX_IMAGES
+    log_requests: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "model", Path(self.model))
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535 (0: any free port), not {self.port}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be at least 1")
+        if not 0 < self.max_upload_mb <= 1024:
+            raise ValueError(f"max upload must be above 0 and at most 1024 MiB, not {self.max_upload_mb}")
+        if self.max_batch < 1:
+            raise ValueError("max batch must be at least 1 (1: no batching)")
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ValueError(f"batch wait must be 0..1000 ms, not {self.batch_wait_ms}")
+        if self.max_images < 1:
+            raise ValueError("max images per request must be at least 1")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MEBIBYTE)
+
+    @property
+    def batching(self) -> bool:
+        return self.max_batch > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "model": str(self.model)}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> ServeConfig:
+        return cls(**payload)

@@ -1,0 +1,82 @@
+"""Run an app under uvicorn on a socket of our own, and stop cleanly.
+
+The socket is bound before uvicorn starts, so ``--port 0`` gets a free port and the printed URL
+names it. uvicorn handles SIGINT and SIGTERM itself: it stops accepting, lets in-flight requests
+finish (up to ``GRACEFUL_SECONDS``), runs the app's shutdown (the model thread drains), and
+then raises the signal again for whoever handled it before — edgekit's CLI turns that into a
+KeyboardInterrupt, which :func:`run` takes as the end of a clean stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+
+GRACEFUL_SECONDS = 30
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, remembering which signal stopped it."""
+
+    stop_signal: int | None = None
+
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+        self.stop_signal = self.stop_signal or sig
+        super().handle_exit(sig, frame)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror or error}") from error
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+def configure_logging() -> None:
+    """Request lines and uvicorn's own warnings to stderr, one line each, with the time."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    for name in ("edgekit.serve", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.propagate = False
+    logging.getLogger("edgekit.serve").setLevel(logging.INFO)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+
+
+def run(app: Any, sock: socket.socket, on_started: Callable[[], None] | None = None) -> str | None:
+    """Serve ``app`` on ``sock`` until SIGINT or SIGTERM; return that signal's name."""
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                            timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False)
+    server = _Server(config)
+    if on_started is not None:
+        on_started()
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # the signal uvicorn raised again after its graceful stop (see the module doc)
+    finally:
+        sock.close()
+    if server.stop_signal is None:
+        return None
+    return signal.Signals(server.stop_signal).name
