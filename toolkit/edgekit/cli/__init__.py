@@ -19,7 +19,7 @@ import sys  # noqa: E402
 import click  # noqa: E402
 
 from edgekit import __version__  # noqa: E402
-from edgekit.cli import benchmark, data_cmd, evaluate, export, predict, train, verify  # noqa: E402
+from edgekit.cli import benchmark, data_cmd, evaluate, export, predict, serve, train, verify  # noqa: E402
 
 # Quiet TensorFlow's C++ start-up chatter; set before any command imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -43,7 +43,7 @@ def main() -> None:
 
 
 for command in (data_cmd.data_command, train.train, train.tune, evaluate.evaluate,
-                export.export, predict.predict, verify.verify, benchmark.benchmark):
+                export.export, predict.predict, verify.verify, benchmark.benchmark, serve.serve):
     main.add_command(command)
 
 INTERRUPTED = ("Error: interrupted. Files already written are complete; an interrupted "
