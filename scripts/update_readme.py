@@ -1,9 +1,10 @@
-"""Fill the README's result tables from the reports that the main command wrote.
+"""Fill the generated sections of README.md and docs/ from the reports the main command wrote.
 
-Every number in the README's generated sections comes from a file under exported/ that
-`scripts/main.sh` (train -> evaluate -> export -> verify -> benchmark) produced; this
-script only copies them between the <!-- BEGIN:name --> and <!-- END:name --> markers.
-Usage: python scripts/update_readme.py [EXPORTED_DIR]
+Every number in a generated section comes from a file under exported/ that `scripts/main.sh`
+(train -> evaluate -> export -> verify -> benchmark) produced; this script only copies them
+between the <!-- BEGIN:name --> and <!-- END:name --> markers of the file that PLACES names
+for that section, and rewrites a file only when a section changed (a second run changes
+nothing). Usage: python scripts/update_readme.py [EXPORTED_DIR]
 """
 
 from __future__ import annotations
@@ -15,6 +16,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "toolkit"))
+
+README = ROOT / "README.md"
+BENCHMARK_DOC = ROOT / "docs" / "benchmark-method.md"
+# Which file holds each generated section: the user's guide keeps the released model's results,
+# docs/ the benchmark's method and the throughput sweep (a record of measurements).
+PLACES: dict[str, Path] = {
+    "run": README,
+    "accuracy": README,
+    "artifacts": README,
+    "parity": README,
+    "benchmark": README,
+    "comparison": README,
+    "benchmark-method": BENCHMARK_DOC,
+    "sweep": BENCHMARK_DOC,
+}
 
 
 def load(path: Path) -> dict | None:
@@ -41,7 +57,7 @@ def accuracy_section(metrics: dict, manifest: dict) -> str:
     for label, scores in metrics["per_class"].items():
         lines.append(f"| {label} | {scores['precision']:.4f} | {scores['recall']:.4f} | "
                      f"{scores['f1']:.4f} | {scores['support']} |")
-    lines += ["", "![confusion matrix](exported/reports/confusion_matrix.png)", "",
+    lines += ["", "![confusion matrix](exported/reports/confusion_matrix.png) "
               "![training curves](exported/reports/training_curves.png)"]
     return "\n".join(lines)
 
@@ -74,35 +90,16 @@ def parity_section(folder: Path) -> str:
 
 
 def benchmark_section(benchmark: dict) -> str:
+    """The README's benchmark: one line of context, the table and the short findings."""
     from edgekit.device import benchmark as benchmark_module
 
     machine = benchmark["machine"]
-    size = benchmark["matmul"]["size"]
-    rates = [row["matmul"]["gflops"] for row in benchmark["rows"] if row.get("matmul")]
-    rounds = benchmark["rows"][0]["single"]["rounds"]  # as measured, not today's constant
     lines = [f"Measured on {machine['cpu']}, {machine['cpus']} CPUs (AVX2 {machine['avx2']}, "
              f"VNNI {machine['vnni']}); float32 matmul rate {benchmark['matmul']['gflops']:.1f} "
-             f"GFLOP/s (best of the run; {min(rates):.1f}–{max(rates):.1f} around the rows); "
-             f"model {benchmark['macs_per_image']:,} MACs per image; batch "
+             f"GFLOP/s; model {benchmark['macs_per_image']:,} MACs per image; batch "
              f"{benchmark['config']['batch_size']}; latency in ms, throughput in images/s, "
-             "% of the matmul rate = throughput × MACs × 2 / rate. Each row's rate "
-             "(`matmul GFLOP/s`) is the best of the "
-             f"{size}×{size} products (numpy's BLAS, all threads) timed just before and just "
-             "after that row's batches, because this machine's speed drifts from second to "
-             "second; every measurement starts once the last one's spinning worker threads "
-             "have gone quiet. Single-image latency: the models take turns, "
-             f"{rounds} rounds of "
-             f"{benchmark_module.calls_per_turn(benchmark['config']['single_runs'], rounds)} "
-             "timed calls each, every turn after at least "
-             f"{benchmark['config'].get('warmup_seconds', 0):.1f} s of warm-up calls (as "
-             "TFLite's benchmark_model; after an idle moment the first calls run slower), and "
-             "p50/p90/p99 pool a model's turns, so no row rests on one slow or fast stretch. "
-             "`× predict` is Keras `model.predict`'s single-image p50 over "
-             "the row's; `batch img/s` and `% matmul` use the mean over the timed "
-             "seconds, `best img/s` and `best %` the best single batch (the same estimator as "
-             "the rate: on this shared machine other tenants' load drags a mean, not a best-of); "
-             "`others %` is the share of both CPUs that other processes and other virtual "
-             "machines (steal) took while the row was measured, from /proc/stat.",
+             "`% matmul` = throughput × MACs × 2 / the matmul rate measured around the row. "
+             "How each column is measured: [docs/benchmark-method.md](docs/benchmark-method.md).",
              ""]
     lines += benchmark_module.table(benchmark)
     summary = benchmark_module.load_summary(benchmark)
@@ -123,6 +120,47 @@ def benchmark_section(benchmark: dict) -> str:
                   f"{training['pipeline_headroom']:.0f}x what training consumes: augmentation "
                   "is not the bottleneck."]
     return "\n".join(lines)
+
+
+def benchmark_method_section(benchmark: dict) -> str:
+    """docs/benchmark-method.md: how the release's benchmark measured, with its own settings."""
+    from edgekit.device import benchmark as benchmark_module
+
+    machine = benchmark["machine"]
+    size = benchmark["matmul"]["size"]
+    rates = [row["matmul"]["gflops"] for row in benchmark["rows"] if row.get("matmul")]
+    rounds = benchmark["rows"][0]["single"]["rounds"]  # as measured, not today's constant
+    return (f"Measured on {machine['cpu']}, {machine['cpus']} CPUs (AVX2 {machine['avx2']}, "
+            f"VNNI {machine['vnni']}); float32 matmul rate {benchmark['matmul']['gflops']:.1f} "
+            f"GFLOP/s (best of the run; {min(rates):.1f}–{max(rates):.1f} around the rows); "
+            f"model {benchmark['macs_per_image']:,} MACs per image; batch "
+            f"{benchmark['config']['batch_size']}; latency in ms, throughput in images/s, "
+            "% of the matmul rate = throughput × MACs × 2 / rate. Each row's rate "
+            "(`matmul GFLOP/s`) is the best of the "
+            f"{size}×{size} products (numpy's BLAS, all threads) timed just before and just "
+            "after that row's batches, because this machine's speed drifts from second to "
+            "second; every measurement starts once the last one's spinning worker threads "
+            "have gone quiet. Single-image latency: the models take turns, "
+            f"{rounds} rounds of "
+            f"{benchmark_module.calls_per_turn(benchmark['config']['single_runs'], rounds)} "
+            "timed calls each, every turn after at least "
+            f"{benchmark['config'].get('warmup_seconds', 0):.1f} s of warm-up calls (as "
+            "TFLite's benchmark_model; after an idle moment the first calls run slower), and "
+            "p50/p90/p99 pool a model's turns, so no row rests on one slow or fast stretch. "
+            "`× predict` is Keras `model.predict`'s single-image p50 over "
+            "the row's; `batch img/s` and `% matmul` use the mean over the timed "
+            "seconds, `best img/s` and `best %` the best single batch (the same estimator as "
+            "the rate: on this shared machine other tenants' load drags a mean, not a best-of); "
+            "`others %` is the share of both CPUs that other processes and other virtual "
+            "machines (steal) took while the row was measured, from /proc/stat.")
+
+
+def sweep_section(sweep: list[dict]) -> str:
+    from edgekit.device import benchmark as benchmark_module
+
+    return "\n".join(benchmark_module.sweep_table(sweep)
+                     + ["", "int8 against fp32 in this sweep, file by file:", ""]
+                     + benchmark_module.int8_summary_lines(sweep))
 
 
 def comparison_section(folder: Path, benchmark: dict) -> str | None:
@@ -180,45 +218,61 @@ def adopted_note(run: dict) -> str:
             f"({adopted['train_seconds'] / 60:.1f} min), recorded in `exported/train_config.json`.")
 
 
-def replace(text: str, name: str, body: str) -> str:
+def replace(text: str, name: str, body: str, where: str = "README") -> str:
     # The section may be empty (markers on consecutive lines) until first filled.
     pattern = re.compile(rf"(<!-- BEGIN:{name} -->\n)(?:.*?\n)?(<!-- END:{name} -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README has no {name} markers")
+        raise SystemExit(f"{where} has no {name} markers")
     return pattern.sub(lambda match: match.group(1) + body + "\n" + match.group(2), text)
 
 
-def main() -> None:
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "exported"
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+def sections(folder: Path) -> dict[str, str]:
+    """Every generated section that the reports in ``folder`` provide, by marker name."""
     manifest = load(folder / "manifest.json")
     metrics = load(folder / "reports" / "metrics.json")
     benchmark = load(folder / "reports" / "benchmark.json")
     run = load(folder / "reports" / "main_run.json")
+    bodies: dict[str, str] = {}
     if metrics and manifest:
-        text = replace(text, "accuracy", accuracy_section(metrics, manifest))
+        bodies["accuracy"] = accuracy_section(metrics, manifest)
     if manifest:
-        text = replace(text, "artifacts", artifacts_section(manifest))
+        bodies["artifacts"] = artifacts_section(manifest)
     if (folder / "reports" / "parity.md").is_file():
-        text = replace(text, "parity", parity_section(folder))
+        bodies["parity"] = parity_section(folder)
     if benchmark:
-        text = replace(text, "benchmark", benchmark_section(benchmark))
-    comparison = comparison_section(folder, benchmark) if benchmark else None
-    if comparison:
-        text = replace(text, "comparison", comparison)
-    if benchmark and benchmark.get("sweep"):
-        from edgekit.device import benchmark as benchmark_module
-
-        sweep = benchmark["sweep"]
-        text = replace(text, "sweep", "\n".join(
-            benchmark_module.sweep_table(sweep)
-            + ["", "int8 against fp32 in this sweep, file by file:", ""]
-            + benchmark_module.int8_summary_lines(sweep)))
+        bodies["benchmark"] = benchmark_section(benchmark)
+        bodies["benchmark-method"] = benchmark_method_section(benchmark)
+        comparison = comparison_section(folder, benchmark)
+        if comparison:
+            bodies["comparison"] = comparison
+        if benchmark.get("sweep"):
+            bodies["sweep"] = sweep_section(benchmark["sweep"])
     if run:
-        text = replace(text, "run", run_section(run))
-    readme.write_text(text)
-    print(f"updated {readme}")
+        bodies["run"] = run_section(run)
+    return bodies
+
+
+def fill(path: Path, bodies: dict[str, str]) -> bool:
+    """Write ``bodies`` between their markers in ``path``; True if the file changed."""
+    text = path.read_text()
+    where = path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+    updated = text
+    for name, body in bodies.items():
+        updated = replace(updated, name, body, where)
+    if updated == text:
+        return False
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(updated)
+    temporary.replace(path)
+    return True
+
+
+def main() -> None:
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "exported"
+    bodies = sections(folder)
+    for path in dict.fromkeys(PLACES.values()):
+        changed = fill(path, {name: body for name, body in bodies.items() if PLACES[name] == path})
+        print(f"{'updated' if changed else 'unchanged'} {path}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,21 @@
-"""scripts/update_readme.py: the README's generated sections are filled between markers."""
+"""scripts/update_readme.py: the generated sections of README.md and docs/ are filled between
+markers, each in the file PLACES names, and match what the script renders from exported/."""
 
+import re
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import EXPORTED, ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import update_readme  # noqa: E402
+
+
+def between(text: str, name: str) -> str:
+    match = re.search(rf"<!-- BEGIN:{name} -->\n(.*?)<!-- END:{name} -->", text, re.S)
+    assert match, name
+    return match.group(1).removesuffix("\n")
 
 
 def test_replace_fills_empty_and_filled_sections():
@@ -15,14 +23,51 @@ def test_replace_fills_empty_and_filled_sections():
     once = update_readme.replace(text, "x", "one\ntwo")
     assert once == "a\n<!-- BEGIN:x -->\none\ntwo\n<!-- END:x -->\nb\n"
     assert update_readme.replace(once, "x", "three") == "a\n<!-- BEGIN:x -->\nthree\n<!-- END:x -->\nb\n"
-    with pytest.raises(SystemExit, match="no y markers"):
-        update_readme.replace(text, "y", "z")
+    with pytest.raises(SystemExit, match="docs/x.md has no y markers"):
+        update_readme.replace(text, "y", "z", "docs/x.md")
 
 
-def test_every_generated_section_of_the_readme_has_markers():
-    text = (ROOT / "README.md").read_text()
-    for name in ("run", "accuracy", "artifacts", "parity", "benchmark", "sweep", "comparison"):
-        assert f"<!-- BEGIN:{name} -->" in text and f"<!-- END:{name} -->" in text, name
+def test_fill_writes_only_when_a_section_changed(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- BEGIN:x -->\n<!-- END:x -->\n<!-- BEGIN:y -->\nold\n<!-- END:y -->\n")
+    assert update_readme.fill(page, {"x": "one", "y": "two"})
+    filled = page.read_text()
+    assert between(filled, "x") == "one" and between(filled, "y") == "two"
+    assert not update_readme.fill(page, {"x": "one", "y": "two"})  # a second run changes nothing
+    assert page.read_text() == filled and not list(tmp_path.glob("*.tmp"))
+
+
+def test_every_generated_section_has_markers_in_its_own_file_only():
+    expected = {"run", "accuracy", "artifacts", "parity", "benchmark", "comparison",
+                "benchmark-method", "sweep"}
+    assert set(update_readme.PLACES) == expected
+    files = set(update_readme.PLACES.values())
+    for name, place in update_readme.PLACES.items():
+        for path in files:
+            text = path.read_text()
+            present = f"<!-- BEGIN:{name} -->" in text and f"<!-- END:{name} -->" in text
+            assert present == (path == place), (name, path)
+
+
+def test_generated_sections_match_what_the_script_renders_from_exported():
+    """README.md and docs/ hold exactly what update_readme.py renders from exported/ today."""
+    bodies = update_readme.sections(EXPORTED)
+    assert {"run", "accuracy", "artifacts", "parity", "benchmark", "benchmark-method",
+            "sweep"} <= set(bodies)
+    for name, body in bodies.items():
+        path = update_readme.PLACES[name]
+        assert between(path.read_text(), name) == body, (
+            f"{path.relative_to(ROOT)}: section {name} is stale; run python scripts/update_readme.py")
+
+
+def test_readme_stays_a_short_guide_and_its_links_resolve():
+    text = update_readme.README.read_text()
+    assert len(text.splitlines()) < 250
+    pages = [update_readme.README, *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target:
+                assert (page.parent / target).exists(), (page.name, target)
 
 
 def test_run_section_says_when_training_was_adopted_from_a_finished_run():
