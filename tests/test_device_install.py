@@ -124,3 +124,64 @@ def test_predict_on_an_own_data_release_names_a_folder_class(device_env, tmp_pat
     verified = subprocess.run([str(device_env / "bin" / "edgekit"), "verify", str(run)],
                               capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def serve_env(device_env) -> Path:
+    """The device venv plus the serve extra (added after the no-extras tests have run)."""
+    install = subprocess.run([str(device_env / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                              f"{ROOT}[serve]"], capture_output=True, text=True, timeout=900)
+    if install.returncode != 0:
+        pytest.fail(f"serve install failed: {install.stderr[-2000:]}")
+    return device_env
+
+
+def test_serve_on_the_device_without_tensorflow(serve_env, test_split, tmp_path):
+    """Issue 19's bar: with the serve extra and no TensorFlow, the server starts on the int8
+    model and answers a test image with edgekit.runtime's label and probabilities."""
+    import io
+    import json
+    import re
+    import signal
+    import time
+    import urllib.request
+
+    import numpy as np
+
+    from edgekit.device import runtime
+
+    for module in ("tensorflow", "keras"):
+        probe = subprocess.run([str(serve_env / "bin" / "python"), "-c", f"import {module}"],
+                               capture_output=True, text=True)
+        assert probe.returncode != 0, f"the serve extra brought {module}"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    model = ROOT / "exported" / "model_int8.tflite"
+    server = subprocess.Popen([str(serve_env / "bin" / "edgekit"), "serve", "--model", str(model),
+                               "--host", "127.0.0.1", "--port", "0"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    try:
+        line = server.stdout.readline() if server.stdout else ""
+        match = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert match, line + (server.stderr.read() if server.poll() is not None and server.stderr else "")
+        url = match.group(0)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if urllib.request.urlopen(url + "healthz", timeout=5).status == 200:
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the server never became ready"
+                time.sleep(0.1)
+        stream = io.BytesIO()
+        Image.fromarray(test_split.images[0, :, :, 0]).save(stream, format="PNG")
+        request = urllib.request.Request(url + "v1/predict", data=stream.getvalue(), method="POST",
+                                         headers={"Content-Type": "image/png"})
+        answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, stderr = server.communicate(timeout=30)
+    result = answer["results"][0]
+    assert result["label"] == "Ankle boot"
+    expected = runtime.load(model).predict(test_split.images[:1])[0]
+    np.testing.assert_allclose(result["probabilities"], expected, rtol=0, atol=1e-6)
+    assert server.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]

@@ -137,7 +137,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 async def _predict(state: ServerState, request: Request, top_k: int, prepared: bool) -> dict[str, Any]:
     contract = state.served.model.contract
     started = time.perf_counter()
-    with state.batcher.arriving():
+    with state.batcher.arrival() as arrival:
         received = await uploads.read_images(request, state.config.max_images)
         read = time.perf_counter()
         items, prepare_seconds = [], []
@@ -152,7 +152,7 @@ async def _predict(state: ServerState, request: Request, top_k: int, prepared: b
         pixels = np.stack([item.pixels for item in items])
         size = state.config.max_batch
         try:
-            pending = [state.batcher.submit(pixels[start:start + size])
+            pending = [arrival.submit(pixels[start:start + size])
                        for start in range(0, len(pixels), size)]
         except BatcherClosed:
             raise ApiError(503, "stopping", "the server is stopping; retry on another.") from None

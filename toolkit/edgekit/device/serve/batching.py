@@ -2,11 +2,11 @@
 
 One worker thread owns the model (LiteRT interpreters and ONNX Runtime sessions are called from
 that thread only, and the event loop never blocks on a model call). A request announces itself
-when it starts reading its body (:meth:`MicroBatcher.arriving`) and hands over its prepared
-pixels with :meth:`MicroBatcher.submit`. The worker takes the first waiting job and, while other
-requests are still on their way and the batch has room, waits up to ``wait_seconds`` for them;
-with nothing on its way it runs at once, so a lone client never pays the wait. ``max_batch`` 1
-is "no batching": every request is one call.
+when it starts reading its body (:meth:`MicroBatcher.arrival`) and hands over its prepared
+pixels with :meth:`Arrival.submit`, which also ends its arrival. The worker takes the first
+waiting job and, while other requests are still on their way and the batch has room, waits up
+to ``wait_seconds`` for them; with nothing on its way it runs at once, so a lone client never
+pays the wait. ``max_batch`` 1 is "no batching": every request is one call.
 """
 
 from __future__ import annotations
@@ -71,16 +71,24 @@ class MicroBatcher:
             self._thread.join(timeout)
 
     @contextlib.contextmanager
-    def arriving(self) -> Iterator[None]:
-        """Mark a request as on its way (reading, decoding) while the block runs."""
-        self._count_arrival(1)
+    def arrival(self) -> Iterator[Arrival]:
+        """Mark a request as on its way (reading, decoding) until it submits or the block ends."""
+        arrival = Arrival(self)
+        with self._condition:
+            self._arriving += 1  # no wake-up: more arrivals only make a waiting batch wait on
         try:
-            yield
+            yield arrival
         finally:
-            self._count_arrival(-1)
+            if not arrival.submitted:
+                with self._condition:
+                    self._arriving -= 1
+                    self._condition.notify_all()
 
     def submit(self, pixels: np.ndarray) -> asyncio.Future[BatchResult]:
         """Queue uint8 ``[N, H, W, C]`` pixels (``N <= max_batch``); await the returned future."""
+        return self._enqueue(pixels, arrived=False)
+
+    def _enqueue(self, pixels: np.ndarray, arrived: bool) -> asyncio.Future[BatchResult]:
         if not 1 <= len(pixels) <= self.max_batch:
             raise ValueError(f"a job holds 1..{self.max_batch} images, not {len(pixels)}")
         loop = asyncio.get_running_loop()
@@ -90,13 +98,9 @@ class MicroBatcher:
                 raise BatcherClosed("the server is stopping")
             self._jobs.append(job)
             self._queued_images += len(pixels)
+            self._arriving -= arrived  # one change under the lock: never seen as on its way twice
             self._condition.notify_all()
         return job.future
-
-    def _count_arrival(self, change: int) -> None:
-        with self._condition:
-            self._arriving += change
-            self._condition.notify_all()
 
     def _work(self) -> None:
         while (jobs := self._next_batch()) is not None:
@@ -140,6 +144,20 @@ class MicroBatcher:
             _deliver(job, BatchResult(probabilities[offset:offset + count], started - job.submitted,
                                       model_seconds, len(pixels)))
             offset += count
+
+
+class Arrival:
+    """A request on its way to the batcher (see :meth:`MicroBatcher.arrival`)."""
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self._batcher = batcher
+        self.submitted = False
+
+    def submit(self, pixels: np.ndarray) -> asyncio.Future[BatchResult]:
+        """Queue this request's pixels; the first call also ends its arrival."""
+        future = self._batcher._enqueue(pixels, arrived=not self.submitted)
+        self.submitted = True
+        return future
 
 
 def _deliver(job: _Job, outcome: BatchResult | Exception) -> None:

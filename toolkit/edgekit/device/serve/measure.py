@@ -235,15 +235,22 @@ def _row(name: str, clients: int, blocks: list[dict[str, Any]]) -> dict[str, Any
         "p50_ms": float(np.percentile(latencies, 50)), "p99_ms": float(np.percentile(latencies, 99)),
         "images_per_model_call": (sum(images for _, images in calls) / max(1, sum(c for c, _ in calls))
                                   if calls else None),
+        "app_mean_ms": _phase_means(blocks),
     }
+
+
+def _phase_means(blocks: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Mean of each phase the app reported (None for the baseline, which reports none)."""
+    values = {phase: [value for block in blocks for value in block["phases"][phase]] for phase in PHASES}
+    return {phase: float(np.mean(found)) for phase, found in values.items()} if values["total"] else None
 
 
 def _where_time_goes(samples: dict[tuple[str, int], list[dict[str, Any]]], rows: list[dict[str, Any]],
                      floor_ms: float, in_process: dict[str, float]) -> dict[str, Any]:
     """Mean per request on the edgekit server without batching, one client at a time."""
     blocks = samples[("batching off", min(key[1] for key in samples))]
-    app = {phase: float(np.mean([value for block in blocks for value in block["phases"][phase]]))
-           for phase in PHASES}
+    app = _phase_means(blocks)
+    assert app is not None  # the edgekit server reports its phases
     client_ms = float(np.mean(np.concatenate([block["latencies"] for block in blocks]))) * 1000
     return {"server": "batching off", "clients": min(key[1] for key in samples),
             "client_mean_ms": client_ms, "app_ms": app, "outside_app_ms": client_ms - app["total"],
