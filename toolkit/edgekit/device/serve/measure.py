@@ -87,6 +87,7 @@ class _Server:
 
 def run(config: MeasureConfig, progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Measure, and return the report (see :func:`table`); nothing is written."""
+    load_before = _load_average()
     served = open_model(config.model, config.threads)
     bodies, source = _test_images(served)
     expected, in_process = _reference(served, bodies)
@@ -109,12 +110,18 @@ def run(config: MeasureConfig, progress: Callable[[str], None] = lambda line: No
     return {
         "model": served.name, "precision": served.entry["precision"],
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+                    "platform": platform.platform(),
+                    # runnable processes, 1-minute average: others' work shares these CPUs
+                    "load_average_before": load_before, "load_average_after": _load_average()},
         "settings": {**dataclasses.asdict(config), "model": str(config.model)},
         "images": source,
         "rows": rows,
         "time_per_request": _where_time_goes(samples, rows, floor, in_process),
     }
+
+
+def _load_average() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def _test_images(served: ServedModel) -> tuple[list[bytes], dict[str, Any]]:
@@ -269,6 +276,7 @@ def table(report: dict[str, Any]) -> str:
                      f"{row['errors'] + row['wrong_labels']:>8}")
     time_goes = report["time_per_request"]
     app = time_goes["app_ms"]
+    machine = report["machine"]
     lines.append(
         f"Per request ({time_goes['server']}, {time_goes['clients']} client, mean of "
         f"{time_goes['client_mean_ms']:.2f} ms): HTTP and framework outside the app "
@@ -276,6 +284,8 @@ def table(report: dict[str, Any]) -> str:
         f"{time_goes['healthz_round_trip_ms']:.2f} ms), body and multipart {app['read']:.2f}, "
         f"decoding and preparation {app['prepare']:.2f}, hand-over to the model thread "
         f"{app['queue']:.2f}, model {app['model']:.2f} ms.")
+    lines.append(f"Machine: {machine['cpus']} CPUs, load average {machine['load_average_before']} before, "
+                 f"{machine['load_average_after']} after (the servers and the clients share them).")
     return "\n".join(lines)
 
 
