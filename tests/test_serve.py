@@ -651,3 +651,15 @@ def test_benchmark_measures_every_server_and_writes_its_report(exported_copy):
     phases = report["time_per_request"]["app_ms"]
     assert set(phases) == {"read", "prepare", "queue", "model", "total"}
     assert "requests/s" in result.stdout and "Per request" in result.stdout
+
+
+def test_without_the_serve_extra_the_error_names_it(runner, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *rest: None if name == "uvicorn" else real_find_spec(name, *rest))
+    result = runner.invoke(cli.main, ["serve"])
+    assert result.exit_code == 1
+    assert result.output.strip() == ("Error: uvicorn not installed; edgekit serve needs the serve extra: "
+                                     "pip install 'edgekit[serve]'")

@@ -182,24 +182,20 @@ def _prepare(upload: uploads.Upload, contract: Any) -> images.PreparedImage:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    async def api_error(request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, ApiError)
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError) -> JSONResponse:
         return error_response(request.scope, error.status, error.code, error.detail)
 
-    async def http_error(request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, HTTPException)
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return error_response(request.scope, error.status_code, code, str(error.detail))
 
-    async def invalid(request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, RequestValidationError)
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(map(str, problem['loc']))}: {problem['msg']}"
                              for problem in error.errors())
         return error_response(request.scope, 422, "invalid_parameter", problems)
-
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, invalid)
 
 
 class RequestLog:

@@ -14,7 +14,6 @@ import signal
 import socket
 import sys
 import types
-from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -68,13 +67,11 @@ def configure_logging() -> None:
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
 
-def run(app: Any, sock: socket.socket, on_started: Callable[[], None] | None = None) -> str | None:
+def run(app: Any, sock: socket.socket) -> str | None:
     """Serve ``app`` on ``sock`` until SIGINT or SIGTERM; return that signal's name."""
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False)
     server = _Server(config)
-    if on_started is not None:
-        on_started()
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
