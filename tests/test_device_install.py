@@ -126,6 +126,34 @@ def test_predict_on_an_own_data_release_names_a_folder_class(device_env, tmp_pat
     assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]
 
 
+def test_explain_on_the_device(device_env, test_split, exported_copy, tmp_path):
+    """Issue 18's bar on a TensorFlow-free install: occlusion panels of the int8 file, with a
+    one-line note that the Keras panels are left out; explanation parity from the stored maps."""
+    import json
+
+    image = tmp_path / "test-image-0.png"
+    Image.fromarray(test_split.images[0, :, :, 0]).save(image)
+    output = tmp_path / "explained"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    edgekit = str(device_env / "bin" / "edgekit")
+    result = subprocess.run(
+        [edgekit, "explain", str(ROOT / "exported"), "--model",
+         str(ROOT / "exported" / "model_int8.tflite"), "--image", str(image), "--output-dir",
+         str(output)], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [line for line in result.stdout.splitlines()
+            if "TensorFlow is not installed" in line], result.stdout
+    assert Image.open(output / "test-image-0.png").format == "PNG"
+    report = json.loads((output / "explain.json").read_text())
+    assert list(report["inputs"][0]["models"]) == ["model_int8.tflite"]
+    assert report["inputs"][0]["explained_class"] == "Ankle boot"
+    parity = subprocess.run([edgekit, "explain", str(exported_copy), "--parity"],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert parity.returncode == 0, parity.stdout + parity.stderr
+    written = json.loads((exported_copy / "reports" / "explain.json").read_text())
+    assert written["passed"] and len(written["artifacts"]) == len(ARTIFACTS)
+
+
 @pytest.fixture(scope="module")
 def serve_env(device_env) -> Path:
     """The device venv plus the serve extra (added after the no-extras tests have run)."""

@@ -19,7 +19,17 @@ import sys  # noqa: E402
 import click  # noqa: E402
 
 from edgekit import __version__  # noqa: E402
-from edgekit.cli import benchmark, data_cmd, evaluate, export, predict, serve, train, verify  # noqa: E402
+from edgekit.cli import (  # noqa: E402
+    benchmark,
+    data_cmd,
+    evaluate,
+    explain,
+    export,
+    predict,
+    serve,
+    train,
+    verify,
+)
 
 # Quiet TensorFlow's C++ start-up chatter; set before any command imports it.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -43,7 +53,8 @@ def main() -> None:
 
 
 for command in (data_cmd.data_command, train.train, train.tune, evaluate.evaluate,
-                export.export, predict.predict, verify.verify, benchmark.benchmark, serve.serve):
+                export.export, predict.predict, verify.verify, benchmark.benchmark, serve.serve,
+                explain.explain):
     main.add_command(command)
 
 INTERRUPTED = ("Error: interrupted. Files already written are complete; an interrupted "

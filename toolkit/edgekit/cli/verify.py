@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from edgekit.cli import explain
 from edgekit.cli.common import DEFAULT_EXPORT_DIR, data_spec, friendly_errors, recorded_data_option
 
 
@@ -20,10 +21,16 @@ from edgekit.cli.common import DEFAULT_EXPORT_DIR, data_spec, friendly_errors, r
                    "dynamic.accuracy_drop=0.3 (agreement in %, drop in pp). Repeatable.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None)
 @click.option("--no-write", is_flag=True, help="Do not write reports or update the manifest.")
+@click.option("--explanations", is_flag=True,
+              help="Also check each artifact's occlusion maps against the Keras model's stored "
+                   "ones (explanation parity); writes reports/explain.json and explain.png.")
+@click.option("--explanation-bar", "explanation_overrides", multiple=True,
+              metavar="PRECISION.MEASURE=VALUE", help=explain.BAR_HELP)
 @recorded_data_option
 @friendly_errors
 def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | None, no_write: bool,
-           data: str | None, skip_bad_images: bool) -> None:
+           explanations: bool, explanation_overrides: tuple[str, ...], data: str | None,
+           skip_bad_images: bool) -> None:
     """Check every exported artifact against the Keras reference; exit 1 if any bar is missed."""
     from edgekit.device import parity
     from edgekit.device import verify as verify_module
@@ -32,6 +39,7 @@ def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | Non
         chosen = parity.with_overrides(parity.DEFAULT_BARS, list(bars))
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--bar") from None
+    explanation_bars = explain.explanation_bars(explanation_overrides, "--explanation-bar")
     started = time.perf_counter()
     click.echo(f"verifying {folder} against the reference "
                f"({'golden bundle' if golden else 'all test images'})")
@@ -44,12 +52,20 @@ def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | Non
         click.echo(line)
     for line in verify_module.warnings(results):
         click.echo(line)
+    explained = None
+    if explanations:
+        click.echo("")
+        explained = explain.explanation_parity(folder, explanation_bars,
+                                               data_spec(data, skip_bad_images), threads,
+                                               write=not (no_write or golden), echo=click.echo)
     failed = [result for result in results if not result.passed]
     seconds = time.perf_counter() - started
     if failed:
         details = "; ".join(f"{result.file}: {', '.join(result.failures())}" for result in failed)
         raise click.ClickException(f"parity failed for {len(failed)} of {len(results)} "
                                    f"artifact(s): {details}")
+    if explained is not None and not explained.passed:
+        raise click.ClickException(explain.failure_message(explained))
     written = "" if (no_write or golden) else f"; wrote {folder}/reports/parity.json and parity.md"
     click.echo(f"all {len(results)} artifacts pass parity ({seconds:.1f} s{written})")
     click.echo(f"Next: edgekit benchmark {folder}")
