@@ -274,6 +274,21 @@ def test_maps_of_a_reinitialised_model_differ_from_the_trained_ones(exported, te
     assert unchanged["occlusion_rank_correlation"]["value"] == pytest.approx(1)
 
 
+def test_maps_of_another_keras_model_or_a_changed_file_are_refused(exported_copy):
+    from edgekit import errors, manifest
+
+    payload = manifest.load(exported_copy)
+    payload["reference"]["sha256"] = "0" * 64  # the release now names another Keras model
+    manifest.save(exported_copy, payload)
+    with pytest.raises(errors.ManifestError, match="maps of another Keras model"):
+        explanation_parity.load_reference_maps(exported_copy, payload)
+    payload = manifest.load(exported_copy)
+    payload["reference"]["explanations"]["model_sha256"] = None
+    (exported_copy / "explain_reference.npz").write_bytes(b"changed")
+    with pytest.raises(errors.ManifestError, match="does not match the sha256"):
+        explanation_parity.load_reference_maps(exported_copy, payload)
+
+
 def one_error_line(result) -> str:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr

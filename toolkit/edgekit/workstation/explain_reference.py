@@ -159,6 +159,7 @@ def write_reference_maps(release_folder: str | Path, keras_model_path: str | Pat
     with fileio.atomic_path(target) as temporary:
         np.savez_compressed(temporary, **stored.arrays())  # type: ignore[arg-type]
     record = {"images": int(len(indices)), "seed": seed, **settings.to_dict(),
+              "model_sha256": fileio.sha256_of(model_path),
               "class": "the Keras model's predicted class",
               "gradcam_layer": None if chosen_layer is None else chosen_layer.name,
               "sanity": sanity, "seconds": round(time.perf_counter() - started, 1)}

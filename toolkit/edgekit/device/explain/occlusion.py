@@ -99,6 +99,8 @@ def occlusion_maps(predict: Predict, images: np.ndarray, background: int, settin
     """
     images = np.asarray(images, dtype=np.uint8)
     count, height, width, _ = images.shape
+    if classes is not None and len(classes) != count:
+        raise ValueError(f"{len(classes)} classes for {count} images")
     corners = windows(height, width, settings)
     per_image = len(corners) + 1
     maps = np.zeros((count, height, width), dtype=np.float32)
@@ -108,6 +110,9 @@ def occlusion_maps(predict: Predict, images: np.ndarray, background: int, settin
                                 for image in images[first:last]])
         probabilities = np.asarray(predict(batch), dtype=np.float32)
         probabilities = probabilities.reshape(last - first, per_image, -1)
+        if classes is not None and not 0 <= int(np.min(classes)) <= int(np.max(classes)) \
+                < probabilities.shape[2]:
+            raise ValueError(f"classes must lie in 0..{probabilities.shape[2] - 1}")
         picked = (probabilities[:, 0].argmax(axis=1) if classes is None
                   else np.asarray(classes[first:last], dtype=np.int64))
         scores = np.take_along_axis(probabilities, picked[:, None, None], axis=2)[:, :, 0]

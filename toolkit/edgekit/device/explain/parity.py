@@ -105,6 +105,12 @@ def load_reference_maps(folder: Path, manifest: dict[str, Any]) -> ReferenceMaps
         raise errors.ManifestError(
             f"{folder}/manifest.json records no explanation reference; make it with `edgekit "
             f"explain {folder} --write-reference` (needs TensorFlow).")
+    made_for = (reference.get("explanations") or {}).get("model_sha256")
+    if made_for and reference.get("sha256") and made_for != reference["sha256"]:
+        raise errors.ManifestError(
+            f"{folder}/{name} holds the maps of another Keras model than the release's "
+            f"{reference.get('file')}; remake them with `edgekit explain {folder} "
+            "--write-reference`.")
     stored = verify.load_npz_checked(manifest_module.safe_file(folder, name),
                                      reference.get("explanations_sha256"))
     try:
