@@ -180,8 +180,10 @@ def explain_inputs(folder: Path, image_paths: tuple[Path, ...], indices: tuple[i
                                        f"{contract.describe_shape()} with {contract.num_classes}"
                                        " classes of the release; explain one release at a time.")
     keras, notes = keras_part(folder, manifest, contract, model_paths, no_keras, layer)
+    names = [path.name for path, _ in artifacts]
     subjects = ([] if keras is None else [keras.subject]) + [
-        session_module.Subject(path.name, model.predict) for path, model in artifacts]
+        session_module.Subject(path.name if names.count(path.name) == 1 else str(path),
+                               model.predict) for path, model in artifacts]
     if not subjects:
         raise click.ClickException("no model to explain: pass --model FILE.onnx|FILE.tflite "
                                    "(a .keras model needs TensorFlow and no --no-keras).")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
@@ -300,7 +301,8 @@ def figure_rows(measurement: Measurement, examples: int = 2) -> list[int]:
     return chosen or [0]
 
 
-def sample_figure(measurement: Measurement, labels: tuple[str, ...], keras_name: str) -> Any:
+def sample_figure(measurement: Measurement, labels: tuple[str, ...],
+                  keras_name: str) -> Image.Image:
     reference = measurement.reference
     rows = []
     for number in figure_rows(measurement):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from edgekit import fileio
 from edgekit.device.explain import compare, occlusion, panels
@@ -93,7 +94,7 @@ def _percent(probabilities: np.ndarray, labels: tuple[str, ...]) -> str:
 
 def map_row(image: np.ndarray, heading: str, input_lines: tuple[str, ...],
             labels: tuple[str, ...], models: list[tuple[str, np.ndarray, np.ndarray, str]],
-            gradcam: tuple[str, np.ndarray, np.ndarray] | None) -> Any:
+            gradcam: tuple[str, np.ndarray, np.ndarray] | None) -> Image.Image:
     """One input's panels: the image, Grad-CAM over it (``(title, map, probabilities)``, of
     the first model: Keras), then each model's occlusion map (``(name, map, probabilities,
     note)``), Keras first."""
@@ -131,7 +132,7 @@ def write(explanation: Explanation, labels: tuple[str, ...], output_dir: Path,
     return written
 
 
-def _input_row(explanation: Explanation, labels: tuple[str, ...], number: int) -> Any:
+def _input_row(explanation: Explanation, labels: tuple[str, ...], number: int) -> Image.Image:
     inputs = explanation.inputs
     explained = labels[int(explanation.classes[number])]
     true = inputs.labels[number]
