@@ -35,10 +35,13 @@ from edgekit.cli.common import (
 @click.option("--output", "output_kind", type=click.Choice(["probabilities", "logits"]),
               default=None, help="What the model returns (default: probabilities when it ends "
                                  "in a softmax, else logits, which get a softmax added).")
+@click.option("--explanations/--no-explanations", default=True, show_default=True,
+              help="Store the Keras model's occlusion maps of a test sample, so that "
+                   "`edgekit verify --explanations` needs no TensorFlow.")
 @friendly_errors
 def export(model_path: Path, export_format: str, quantize: tuple[str, ...], calibration_size: int,
            opset: int, output_dir: Path | None, data: str | None, skip_bad_images: bool,
-           input_range: str | None, output_kind: str | None) -> None:
+           input_range: str | None, output_kind: str | None, explanations: bool) -> None:
     """Export to TFLite (fp32, fp16, dynamic, int8) and ONNX (fp32, int8) with a manifest.
 
     Works on a model trained by `edgekit train` or a Keras image classifier trained
@@ -46,7 +49,8 @@ def export(model_path: Path, export_format: str, quantize: tuple[str, ...], cali
     from edgekit.workstation.config import ExportConfig
 
     config = config_or_bad_parameter(ExportConfig, format=export_format, quantize=quantize,
-                                     calibration_size=calibration_size, opset=opset)
+                                     calibration_size=calibration_size, opset=opset,
+                                     explanations=explanations)
     from edgekit.workstation import export as export_module
 
     output_dir = output_dir or model_path.parent

@@ -119,6 +119,7 @@ class ExportConfig:
     calibration_size: int = 500
     opset: int = 17
     seed: int = 0
+    explanations: bool = True  # store the Keras model's occlusion maps for verify --explanations
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", ExportFormat(self.format))

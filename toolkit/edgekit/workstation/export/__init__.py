@@ -164,6 +164,11 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig,
         manifest_module.save(output_dir, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if config.explanations:
+        # After the release is complete: the maps are read against its manifest and test split.
+        from edgekit.workstation import explain_reference
+
+        explain_reference.write_reference_maps(output_dir, spec=spec, echo=echo)
     return artifacts
 
 
