@@ -28,7 +28,8 @@ adopt_run() {  # adopt_run DIR: take a finished `edgekit train` run instead of t
     for file in model.keras train_config.json history.json; do
         [ -f "$run/$file" ] || { echo "Error: $run/$file is missing; is $run a finished edgekit train run?" >&2; exit 1; }
     done
-    for file in model.keras train_config.json history.json; do
+    for file in model.keras train_config.json history.json dataset.json; do
+        [ -f "$run/$file" ] || continue  # dataset.json: the data and split, from newer runs
         cp "$run/$file" "$OUT/$file.tmp" && mv "$OUT/$file.tmp" "$OUT/$file"
     done
     echo "Adopted the run in $run (trained in $("$VENV/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["train_seconds"])' "$run/train_config.json") s)"
