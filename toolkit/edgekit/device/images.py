@@ -138,17 +138,23 @@ def to_grey(image: Image.Image, steps: list[str]) -> np.ndarray:
             high = next(limit for limit in (255.0, 65535.0, max(top, 1.0)) if top <= limit)
         steps.append(f"scaled {mode} pixels (0..{high:g}) to 8 bits")
         return np.clip(np.rint(values / high * 255.0), 0, 255).astype(np.uint8)
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-        steps.append("flattened transparency onto white")
+    image = flatten_transparency(image, steps)
     if image.mode != "L":
         steps.append(f"converted {mode} to greyscale")
         image = image.convert("RGB").convert("L") if image.mode not in ("1", "RGB") \
             else image.convert("L")
     return np.asarray(image, dtype=np.uint8)
+
+
+def flatten_transparency(image: Image.Image, steps: list[str]) -> Image.Image:
+    """Palette images expanded; transparency composited onto white (a paper background)."""
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+        steps.append("flattened transparency onto white")
+    return image
 
 
 def to_rgb(image: Image.Image, steps: list[str]) -> np.ndarray:
@@ -158,12 +164,7 @@ def to_rgb(image: Image.Image, steps: list[str]) -> np.ndarray:
         grey = to_grey(image, steps)
         steps.append("converted greyscale to RGB")
         return np.repeat(grey[:, :, None], 3, axis=2)
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA"):
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-        steps.append("flattened transparency onto white")
+    image = flatten_transparency(image, steps)
     if image.mode != "RGB":
         steps.append(f"converted {mode} to RGB")
         image = image.convert("RGB")
