@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,15 +40,26 @@ from edgekit.cli.common import config_or_bad_parameter, data_option, data_spec, 
                    "at most 224).")
 @click.option("--color-mode", type=click.Choice(["grayscale", "rgb"]), default=None,
               help="A folder dataset's colour (default: RGB unless every image is grey).")
+@click.option("--strategy", type=click.Choice(["default", "mirrored", "multi-worker"]),
+              default="default", show_default=True,
+              help="tf.distribute strategy: default (one device), mirrored (every local GPU), "
+                   "multi-worker (the cluster in TF_CONFIG; --batch-size is the global batch).")
+@click.option("--local-workers", type=click.IntRange(1, 64), default=None, metavar="N",
+              help="Try multi-worker on this machine: start N workers on free localhost ports, "
+                   "each with its TF_CONFIG, and stream their logs.")
+@click.option("--cluster-timeout", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
+              help="Multi-worker: seconds to wait for every worker of TF_CONFIG to answer.")
 @friendly_errors
 def train(architecture: str, epochs: int | None, batch_size: int | None,
           learning_rate: float | None, patience: int | None, seed: int | None,
           validation_fraction: float | None, augment: bool | None, limit: int | None,
           config_file: Path | None, output_dir: Path, resume: bool, data: str,
-          skip_bad_images: bool, image_size: str | None, color_mode: str | None) -> None:
+          skip_bad_images: bool, image_size: str | None, color_mode: str | None, strategy: str,
+          local_workers: int | None, cluster_timeout: float) -> None:
     """Train a Keras model (validation split from the training data; test set untouched).
 
     Defaults come from the architecture's recipe (see edgekit.workstation.config.RECIPES).
+    Every strategy trains with the same loop; see docs/distributed.md.
     """
     from edgekit.workstation.config import TrainConfig
 
@@ -68,14 +80,61 @@ def train(architecture: str, epochs: int | None, batch_size: int | None,
     except (ValueError, TypeError) as error:
         raise click.BadParameter(str(error)) from None
     spec = data_spec(data, skip_bad_images, image_size, color_mode)
+    if local_workers is not None:  # options checked once, here, before N workers start
+        _run_local_cluster(click.get_current_context(), local_workers, strategy)
+        return
+    if strategy == "multi-worker":
+        from edgekit.workstation import tf_config
+
+        tf_config.from_environment()  # before TensorFlow's import: a bad TF_CONFIG fails at once
     from edgekit.workstation import training
 
-    record = training.train(config, output_dir, spec, resume=resume)
+    record = training.train(config, output_dir, spec, resume=resume, strategy=strategy,
+                            cluster_timeout=cluster_timeout)
+    if record["distribution"]["strategy"] == "multi-worker" and not _is_chief():
+        click.echo(f"done; the chief wrote {output_dir}")
+        return
     model_path = output_dir / training.MODEL_FILE
     click.echo(f"saved {model_path} ({record['parameters']:,} parameters; best epoch "
                f"{record['best_epoch']} of {record['epochs_run']}, validation accuracy "
                f"{record['validation_accuracy']:.2%}, {record['train_seconds']:.0f} s)")
     click.echo(f"Next: edgekit evaluate --model {model_path}")
+
+
+def _is_chief() -> bool:
+    from edgekit.workstation import tf_config
+
+    return tf_config.from_environment().is_chief
+
+
+def _run_local_cluster(context: click.Context, workers: int, strategy: str) -> None:
+    """``--local-workers N``: this command again, as N workers of a localhost cluster."""
+    from edgekit.workstation import local_cluster
+
+    if strategy not in ("default", "multi-worker"):
+        raise click.BadParameter("--local-workers runs --strategy multi-worker", param_hint="--strategy")
+    arguments = [*_given_options(context, skip=("local_workers", "strategy")),
+                 "--strategy", "multi-worker"]
+    local_cluster.run(workers, [sys.executable, "-m", "edgekit.cli", "train", *arguments],
+                      echo=click.echo)
+
+
+def _given_options(context: click.Context, skip: tuple[str, ...]) -> list[str]:
+    """The options given on the command line (not defaults), as arguments again."""
+    arguments: list[str] = []
+    for parameter in context.command.params:
+        name = parameter.name or ""
+        if (not isinstance(parameter, click.Option) or name in skip
+                or context.get_parameter_source(name) is click.core.ParameterSource.DEFAULT):
+            continue
+        value = context.params[name]
+        if parameter.is_flag and parameter.secondary_opts:
+            arguments.append(parameter.opts[0] if value else parameter.secondary_opts[0])
+        elif parameter.is_flag:
+            arguments += [parameter.opts[0]] if value else []
+        else:
+            arguments += [parameter.opts[0], str(value)]
+    return arguments
 
 
 @click.command()

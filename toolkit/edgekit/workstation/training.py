@@ -1,16 +1,21 @@
-"""``edgekit train``: fit a Keras model on Fashion-MNIST (workstation only).
+"""``edgekit train``: train a Keras model on one device, several, or several machines.
 
 The test set is never touched here: a validation split carved (seeded, stratified) from
 the training images drives early stopping, learning-rate decay and checkpoint selection.
+Every strategy trains with the one loop of :mod:`edgekit.workstation.distribute`; the
+history and checkpoints are :mod:`edgekit.workstation.checkpoints`'.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import platform
 import sys
 import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +27,14 @@ from edgekit import contract as contract_module
 from edgekit import errors, fileio
 from edgekit.contract import InputContract
 from edgekit.device import datasets
-from edgekit.workstation import fashion_download, models
+from edgekit.workstation import checkpoints, distribute, fashion_download, models, tf_config
 from edgekit.workstation.config import TrainConfig
 
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "train_config.json"
 HISTORY_FILE = "history.json"
-CHECKPOINT_DIR = "checkpoints"
-BEST_FILE = "best.keras"
-LAST_FILES = ("last-a.keras", "last-b.keras")
-STATE_FILE = "state.json"
 DATASET_FILE = "dataset.json"  # the data spec, contract and split (file lists) of the run
+CHECKPOINT_DIR = checkpoints.CHECKPOINT_DIR
 
 
 def split_validation(split: datasets.Split, fraction: float,
@@ -73,50 +75,28 @@ def open_data(spec: datasets.DataSpec, config: TrainConfig,
     return dataset
 
 
+def make_dataset(split: datasets.Split, config: TrainConfig, training: bool, num_classes: int,
+                 batch_size: int | None = None, drop_remainder: bool = False,
+                 share: Callable[[tf.data.Dataset], tf.data.Dataset] | None = None) -> tf.data.Dataset:
+    """Float pixels and one-hot labels in batches of ``batch_size`` (default: the config's).
 
-
-
-def make_dataset(split: datasets.Split, config: TrainConfig, training: bool,
-                 num_classes: int) -> tf.data.Dataset:
+    ``share`` keeps this worker's part of every batch (:meth:`distribute.Loop.distribute`),
+    before augmentation, so that a worker augments only the images it trains on.
+    """
     images = split.images.astype(np.float32)
     # One-hot labels, so that label smoothing (CategoricalCrossentropy) is available.
     targets = np.eye(num_classes, dtype=np.float32)[split.labels]
     dataset = tf.data.Dataset.from_tensor_slices((images, targets))
     if training:
         dataset = dataset.shuffle(len(split), seed=config.seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(config.batch_size)
+    dataset = dataset.batch(batch_size or config.batch_size, drop_remainder=drop_remainder)
+    if share is not None:
+        dataset = share(dataset)
     if training and config.augment:
         augmenter = models.build_augmenter(config)
         dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y),
                               num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-class HistoryRecorder(keras.callbacks.Callback):
-    """Writes the per-epoch history (metrics, learning rate, time, images/s) after every epoch.
-
-    Written atomically, so an interrupted run still leaves a readable history.
-    """
-
-    def __init__(self, path: Path, train_images: int, previous: list[dict[str, Any]] | None = None):
-        super().__init__()
-        self.path = path
-        self.train_images = train_images
-        self.epochs: list[dict[str, Any]] = list(previous or [])
-        self._start = 0.0
-
-    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        seconds = time.perf_counter() - self._start
-        record: dict[str, Any] = {"epoch": epoch + 1}
-        record.update({key: float(value) for key, value in (logs or {}).items()})
-        record["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        record["epoch_seconds"] = round(seconds, 3)
-        record["train_images_per_second"] = round(self.train_images / seconds, 1)
-        self.epochs.append(record)
-        fileio.write_json(self.path, {"epochs": self.epochs})
 
 
 def environment() -> dict[str, str]:
@@ -127,90 +107,6 @@ def environment() -> dict[str, str]:
         "numpy": np.__version__,
         "platform": platform.platform(),
     }
-
-
-class ResumableCheckpoint(keras.callbacks.Callback):
-    """Checkpoints that a killed run can resume from, written atomically after every epoch.
-
-    ``best.keras`` holds the best model on validation accuracy; the latest model alternates
-    between ``last-a.keras`` and ``last-b.keras`` (optimizer state included), and
-    ``state.json`` — written last, so it is the commit point — names the one that is
-    complete, with the epoch and the early-stopping and learning-rate-decay state.
-    """
-
-    def __init__(self, folder: Path, config: TrainConfig, early_stopping: keras.callbacks.EarlyStopping,
-                 reduce_lr: keras.callbacks.ReduceLROnPlateau | None,
-                 state: dict[str, Any] | None = None):
-        super().__init__()
-        self.folder = folder
-        self.config = config
-        self.early_stopping = early_stopping
-        self.reduce_lr = reduce_lr
-        self.state = state
-        self.best = -np.inf if state is None else state["best_val_accuracy"]
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        # Runs after the two callbacks reset themselves (it is later in the list).
-        if self.state is None:
-            return
-        stopping = self.state["early_stopping"]
-        self.early_stopping.wait = stopping["wait"]
-        self.early_stopping.best = stopping["best"]
-        self.early_stopping.best_epoch = stopping["best_epoch"]
-        best_model = keras.models.load_model(self.folder / BEST_FILE, compile=False)
-        self.early_stopping.best_weights = best_model.get_weights()
-        decay = self.state["reduce_lr"]
-        if self.reduce_lr is not None and decay is not None:
-            self.reduce_lr.wait = decay["wait"]
-            self.reduce_lr.best = decay["best"]
-            self.reduce_lr.cooldown_counter = decay["cooldown_counter"]
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        if float(logs.get("val_accuracy", -np.inf)) > self.best:
-            self.best = float(logs["val_accuracy"])
-            with fileio.atomic_path(self.folder / BEST_FILE) as temporary:
-                self.model.save(temporary)
-        slot = LAST_FILES[epoch % 2]
-        with fileio.atomic_path(self.folder / slot) as temporary:
-            self.model.save(temporary)
-        fileio.write_json(self.folder / STATE_FILE, {
-            "epoch": epoch + 1,
-            "model_file": slot,
-            "stopped": bool(self.model.stop_training),
-            "best_val_accuracy": self.best,
-            "early_stopping": {"wait": self.early_stopping.wait,
-                               "best": _plain(self.early_stopping.best),
-                               "best_epoch": self.early_stopping.best_epoch},
-            "reduce_lr": None if self.reduce_lr is None else {
-                "wait": self.reduce_lr.wait, "best": _plain(self.reduce_lr.best),
-                "cooldown_counter": self.reduce_lr.cooldown_counter},
-            "config": self.config.to_dict(),
-        })
-
-
-def _plain(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def read_state(output_dir: Path, config: TrainConfig) -> dict[str, Any]:
-    path = output_dir / CHECKPOINT_DIR / STATE_FILE
-    if not path.is_file():
-        raise errors.EdgekitError(
-            f"nothing to resume in {output_dir}: no {CHECKPOINT_DIR}/{STATE_FILE}. "
-            "Start the run without --resume."
-        )
-    state = json.loads(path.read_text())
-    saved = TrainConfig.from_dict(state["config"])
-    if saved != config:
-        differences = sorted(key for key, value in config.to_dict().items()
-                             if saved.to_dict().get(key) != value)
-        raise errors.EdgekitError(
-            f"--resume needs the options of the interrupted run; these differ: "
-            f"{', '.join(differences)}. Rerun with the same options (see "
-            f"{path})."
-        )
-    return state
 
 
 def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int) -> None:
@@ -227,97 +123,175 @@ def compile_model(model: keras.Model, config: TrainConfig, steps_per_epoch: int)
         optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
     else:
         optimizer = keras.optimizers.Adam(learning_rate)
+    # The loss and metric distribute.Loop computes; compiled so that `edgekit tune`'s fit uses
+    # them and model.save keeps the optimizer (and its state) for --resume.
     model.compile(optimizer=optimizer,
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                   metrics=["accuracy"])
 
 
 def train(config: TrainConfig, output_dir: Path, spec: datasets.DataSpec | None = None,
-          verbose: int | None = None, resume: bool = False) -> dict[str, Any]:
+          verbose: int | None = None, resume: bool = False, strategy: str = "default",
+          cluster_timeout: float = distribute.DEFAULT_CLUSTER_TIMEOUT) -> dict[str, Any]:
     """Train, save ``model.keras``, ``train_config.json`` and ``history.json`` in ``output_dir``.
 
     With ``resume``, continue an interrupted run from its last completed epoch: model and
-    optimizer state, epoch counter, early-stopping and learning-rate-decay state.
+    optimizer state, epoch counter, early-stopping and learning-rate-decay state. Under
+    ``multi-worker`` that is automatic when the chief's checkpoints exist (``BackupAndRestore``'s
+    contract: restarting every worker with the same command continues the job), and only the
+    chief writes to ``output_dir``, which the workers share.
     """
-    output_dir = fileio.ensure_dir(output_dir)
-    checkpoints = fileio.ensure_dir(output_dir / CHECKPOINT_DIR)
-    state = read_state(output_dir, config) if resume else None
+    output_dir = Path(output_dir)
     spec = spec or datasets.DataSpec()
+    # A bad TF_CONFIG, or an output folder the chief cannot write, fails before the data is read.
+    if strategy != "multi-worker" or tf_config.from_environment().is_chief:
+        fileio.ensure_dir(output_dir)
+    automatic = strategy == "multi-worker" and not resume and checkpoints.has_state(output_dir)
+    try:
+        state = checkpoints.read_state(output_dir, config) if resume or automatic else None
+    except errors.EdgekitError as error:
+        if not automatic:
+            raise
+        raise errors.EdgekitError(f"{error} A multi-worker run continues the run in its "
+                                  "--output-dir; to start a new one, choose another.") from None
     recorded = output_dir / DATASET_FILE
     dataset = open_data(spec, config, json.loads(recorded.read_text())
                         if state is not None and recorded.is_file() else None)
-    contract = dataset.contract
-    if state is None:
-        fileio.write_json(recorded, {"spec": spec.to_dict(), "contract": contract.to_dict(),
-                                     "labels": list(contract.labels), **dataset.record})
+    distribution = distribute.start(strategy, cluster_timeout)
+    with distribution.output_folder(output_dir) as folder:
+        if state is None:
+            fileio.write_json(fileio.ensure_dir(folder) / DATASET_FILE,
+                              {"spec": spec.to_dict(), "contract": dataset.contract.to_dict(),
+                               "labels": list(dataset.contract.labels), **dataset.record})
+        try:
+            return _train(config, spec, dataset, distribution, state, output_dir, folder,
+                          verbose if verbose is not None else (1 if sys.stdout.isatty() else 2))
+        except distribute.PEER_ERRORS as error:
+            if distribution.cluster is None:
+                raise
+            raise distribute.lost_peer(distribution, error, output_dir) from None
+
+
+def _train(config: TrainConfig, spec: datasets.DataSpec, dataset: datasets.Dataset,
+           distribution: distribute.Distribution, state: dict[str, Any] | None, source: Path,
+           folder: Path, verbose: int) -> dict[str, Any]:
+    """The run, reading a resumed run from ``source`` and writing into ``folder``."""
+    checkpoint_dir = fileio.ensure_dir(folder / CHECKPOINT_DIR)
     initial_epoch = 0 if state is None else int(state["epoch"])
     # Seeded per starting epoch: a resumed run does not replay the first epochs' order.
     keras.utils.set_random_seed(config.seed + initial_epoch)
-
     train_split, validation_split = train_and_validation(dataset, config)
-    classes = contract.num_classes
-    steps_per_epoch = -(-len(train_split) // config.batch_size)
-    if state is None:
+    classes = dataset.contract.num_classes
+    steps = distribution.steps_per_epoch(len(train_split), config.batch_size)
+    model = _model(config, dataset.contract, distribution, state, source, steps)
+    distribute.check_agreement(
+        distribution, resumed_epoch=initial_epoch, train_images=len(train_split),
+        validation_images=len(validation_split),
+        options=zlib.crc32(json.dumps(config.to_dict(), sort_keys=True).encode()) % 65521)
+    previous = _previous_epochs(source, initial_epoch) if state is not None else []
+    recorder = checkpoints.HistoryRecorder(folder / HISTORY_FILE, len(train_split), previous)
+    callbacks = _callbacks(config, distribution, recorder, checkpoint_dir, state,
+                           source / CHECKPOINT_DIR)
+    finished = state is not None and (state["stopped"] or initial_epoch >= config.epochs)
+    if distribution.is_chief:
+        print(f"Training {model.name} ({model.count_params():,} parameters) on "
+              f"{len(train_split):,} images, validating on {len(validation_split):,}; data from "
+              f"{dataset.source}; {_describe(distribution, config.batch_size)}"
+              + (f"; resuming after epoch {initial_epoch}" if state is not None else ""),
+              flush=True)
+    started = time.perf_counter()
+    loop = distribute.Loop(distribution, model, config.label_smoothing, config.batch_size)
+    pipeline = functools.partial(make_dataset, config=config, num_classes=classes)
+    validation_data = loop.distribute(validation_split, functools.partial(pipeline, training=False),
+                                      training=False)
+    if finished:
+        with distribution.strategy.scope():
+            model = keras.models.load_model(source / CHECKPOINT_DIR / checkpoints.BEST_FILE,
+                                            compile=True)
+        loop = distribute.Loop(distribution, model, config.label_smoothing, config.batch_size)
+    else:
+        train_data = loop.distribute(train_split, functools.partial(pipeline, training=True),
+                                     training=True)
+        distribute.run_epochs(loop, train_data, validation_data, callbacks, initial_epoch,
+                              config.epochs, steps, verbose)
+    seconds = time.perf_counter() - started + sum(record["epoch_seconds"] for record in previous)
+    record = _record(config, spec, dataset, distribution, model, recorder.epochs,
+                     loop.evaluate(validation_data))
+    record.update(train_images=len(train_split), validation_images=len(validation_split),
+                  train_seconds=round(seconds, 1),
+                  resumed_at_epoch=initial_epoch if state is not None else None)
+    with fileio.atomic_path(folder / MODEL_FILE) as temporary:
+        model.save(temporary)
+    fileio.write_json(folder / CONFIG_FILE, record)
+    return record
+
+
+def _model(config: TrainConfig, contract: InputContract, distribution: distribute.Distribution,
+           state: dict[str, Any] | None, source: Path, steps_per_epoch: int) -> keras.Model:
+    """A new compiled model, or the resumed run's last one (optimizer state included)."""
+    with distribution.strategy.scope():
+        if state is not None:
+            return keras.models.load_model(source / CHECKPOINT_DIR / state["model_file"],
+                                           compile=True)
         model = models.build(config, contract)
         compile_model(model, config, steps_per_epoch)
-        previous: list[dict[str, Any]] = []
-    else:
-        model = keras.models.load_model(checkpoints / state["model_file"], compile=True)
-        history_path = output_dir / HISTORY_FILE
-        previous = json.loads(history_path.read_text())["epochs"] if history_path.is_file() else []
-        previous = [record for record in previous if record["epoch"] <= initial_epoch]
-    recorder = HistoryRecorder(output_dir / HISTORY_FILE, len(train_split), previous)
+        return model
+
+
+def _callbacks(config: TrainConfig, distribution: distribute.Distribution,
+               recorder: checkpoints.HistoryRecorder, checkpoint_dir: Path,
+               state: dict[str, Any] | None, source: Path) -> list[keras.callbacks.Callback]:
+    """Early stopping, the plateau schedule, history and checkpoints, in the order they run."""
     early_stopping = keras.callbacks.EarlyStopping(
-        monitor="val_accuracy", patience=config.patience, restore_best_weights=True, verbose=1)
+        monitor="val_accuracy", mode="max", patience=config.patience, restore_best_weights=True,
+        verbose=int(distribution.is_chief))
     reduce_lr = None
     if config.schedule == "plateau":
         reduce_lr = keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2), min_lr=1e-5)
-    callbacks = [early_stopping, *([reduce_lr] if reduce_lr else []), recorder,
-                 ResumableCheckpoint(checkpoints, config, early_stopping, reduce_lr, state)]
-    finished = state is not None and (state["stopped"] or initial_epoch >= config.epochs)
-    print(f"Training {model.name} ({model.count_params():,} parameters) on {len(train_split):,} "
-          f"images, validating on {len(validation_split):,}; data from {dataset.source}"
-          + (f"; resuming after epoch {initial_epoch}" if state is not None else ""), flush=True)
-    started = time.perf_counter()
-    if finished:
-        model = keras.models.load_model(checkpoints / BEST_FILE, compile=True)
-    else:
-        model.fit(
-            make_dataset(train_split, config, True, classes),
-            validation_data=make_dataset(validation_split, config, False, classes),
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            shuffle=False,  # the tf.data pipeline shuffles, seeded
-            callbacks=callbacks,
-            verbose=verbose if verbose is not None else (1 if sys.stdout.isatty() else 2),
-        )
-    seconds = time.perf_counter() - started
-    seconds += sum(record["epoch_seconds"] for record in previous)
-    validation_loss, validation_accuracy = model.evaluate(
-        make_dataset(validation_split, config, False, classes), verbose=0)
-    best_epoch = int(np.argmax([epoch["val_accuracy"] for epoch in recorder.epochs])) + 1
-    record = {
+            monitor="val_loss", mode="min", factor=0.5, patience=max(1, config.patience // 2),
+            min_lr=1e-5)
+    return [early_stopping, *([reduce_lr] if reduce_lr else []), recorder,
+            checkpoints.ResumableCheckpoint(checkpoint_dir, config, early_stopping, reduce_lr,
+                                            state, source)]
+
+
+def _describe(distribution: distribute.Distribution, global_batch: int) -> str:
+    if distribution.name == "default":
+        return f"batch {global_batch}"
+    return (f"{distribution.name} on {distribution.workers} worker(s), {distribution.replicas} "
+            f"replica(s): global batch {global_batch}, "
+            f"{distribution.per_replica_batch(global_batch)} per replica")
+
+
+def _previous_epochs(source: Path, initial_epoch: int) -> list[dict[str, Any]]:
+    history_path = source / HISTORY_FILE
+    previous = json.loads(history_path.read_text())["epochs"] if history_path.is_file() else []
+    return [record for record in previous if record["epoch"] <= initial_epoch]
+
+
+def _record(config: TrainConfig, spec: datasets.DataSpec, dataset: datasets.Dataset,
+            distribution: distribute.Distribution, model: keras.Model,
+            epochs: list[dict[str, Any]], validation: dict[str, float]) -> dict[str, Any]:
+    """train_config.json, the record a model is rebuilt and judged from."""
+    contract = dataset.contract
+    return {
         "config": config.to_dict(),
         "parameters": int(model.count_params()),
-        "train_images": len(train_split),
-        "validation_images": len(validation_split),
-        "epochs_run": len(recorder.epochs),
-        "best_epoch": best_epoch,
-        "validation_accuracy": float(validation_accuracy),
-        "validation_loss": float(validation_loss),
-        "train_seconds": round(seconds, 1),
-        "resumed_at_epoch": initial_epoch if state is not None else None,
+        "train_images": 0,  # the counts, time and resumed epoch are the caller's
+        "validation_images": 0,
+        "epochs_run": len(epochs),
+        "best_epoch": int(np.argmax([epoch["val_accuracy"] for epoch in epochs])) + 1,
+        "validation_accuracy": float(validation["accuracy"]),
+        "validation_loss": float(validation["loss"]),
+        "train_seconds": 0.0,
+        "resumed_at_epoch": None,
         "dataset": str(dataset.source),
         "data": spec.to_dict(),
         "contract": contract.to_dict(),
         "labels": list(contract.labels),
         "environment": environment(),
+        "distribution": distribution.record(config.batch_size),
     }
-    with fileio.atomic_path(output_dir / MODEL_FILE) as temporary:
-        model.save(temporary)
-    fileio.write_json(output_dir / CONFIG_FILE, record)
-    return record
 
 
 def load_record(model_path: Path) -> dict[str, Any] | None:
