@@ -26,6 +26,12 @@ from edgekit.cli.common import config_or_bad_parameter, data_option, data_spec, 
 @click.option("--augment/--no-augment", default=None,
               help="Random flip, rotation, zoom and shift while training (default: on).")
 @click.option("--limit", type=int, default=None, help="Train on the first N training images only.")
+@click.option("--ema-decay", type=float, default=None,
+              help="Keep a moving average of the weights with this decay (0: off; edge recipe "
+                   "0.999); the run keeps it if it validates higher than the best epoch.")
+@click.option("--teacher", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Distil from this trained .keras model (it sees the same augmented batches); "
+                   "--config sets distillation_weight and distillation_temperature.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="JSON of TrainConfig fields (e.g. the best trial of `edgekit tune`); "
                    "options given on the command line win.")
@@ -53,7 +59,8 @@ from edgekit.cli.common import config_or_bad_parameter, data_option, data_spec, 
 def train(architecture: str, epochs: int | None, batch_size: int | None,
           learning_rate: float | None, patience: int | None, seed: int | None,
           validation_fraction: float | None, augment: bool | None, limit: int | None,
-          config_file: Path | None, output_dir: Path, resume: bool, data: str,
+          ema_decay: float | None, teacher: Path | None, config_file: Path | None,
+          output_dir: Path, resume: bool, data: str,
           skip_bad_images: bool, image_size: str | None, color_mode: str | None, strategy: str,
           local_workers: int | None, cluster_timeout: float) -> None:
     """Train a Keras model (validation split from the training data; test set untouched).
@@ -74,7 +81,8 @@ def train(architecture: str, epochs: int | None, batch_size: int | None,
     overrides.update({key: value for key, value in dict(
         epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
         seed=seed, validation_fraction=validation_fraction, augment=augment,
-        limit=limit).items() if value is not None})
+        limit=limit, ema_decay=ema_decay,
+        teacher=None if teacher is None else str(teacher.resolve())).items() if value is not None})
     try:
         config = TrainConfig.for_architecture(architecture, **overrides)
     except (ValueError, TypeError) as error:

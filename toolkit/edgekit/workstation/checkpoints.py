@@ -21,6 +21,7 @@ from edgekit.workstation.config import TrainConfig
 CHECKPOINT_DIR = "checkpoints"
 BEST_FILE = "best.keras"
 LAST_FILES = ("last-a.keras", "last-b.keras")
+AVERAGE_FILES = ("average-a.npz", "average-b.npz")  # the weight average beside each last file
 STATE_FILE = "state.json"
 
 
@@ -74,6 +75,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         self.reduce_lr = reduce_lr
         self.state = state
         self.best = -np.inf if state is None else state["best_val_accuracy"]
+        self.average: Any = None  # the loop's WeightAverage, saved beside the last model
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         # Runs after the two callbacks reset themselves (it is later in the list).
@@ -100,9 +102,14 @@ class ResumableCheckpoint(keras.callbacks.Callback):
         slot = LAST_FILES[epoch % 2]
         with fileio.atomic_path(self.folder / slot) as temporary:
             self.model.save(temporary)
+        average_file = None
+        if self.average is not None:
+            average_file = AVERAGE_FILES[epoch % 2]
+            self.average.save(self.folder / average_file)
         fileio.write_json(self.folder / STATE_FILE, {
             "epoch": epoch + 1,
             "model_file": slot,
+            "average_file": average_file,
             "stopped": bool(self.model.stop_training),
             "best_val_accuracy": self.best,
             "early_stopping": {"wait": self.early_stopping.wait,

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from edgekit import errors, fileio
 from edgekit.device import datasets
-from edgekit.workstation import checkpoints, tf_config
+from edgekit.workstation import averaging, checkpoints, tf_config
 
 STRATEGIES = ("default", "mirrored", "multi-worker")
 DEFAULT_CLUSTER_TIMEOUT = 60.0  # seconds: every peer must answer within this at start-up
@@ -198,7 +198,8 @@ class Loop:
     """
 
     def __init__(self, distribution: Distribution, model: keras.Model, label_smoothing: float,
-                 global_batch: int):
+                 global_batch: int, average_decay: float = 0.0,
+                 distillation: averaging.Distillation | None = None):
         self.distribution = distribution
         self.strategy = distribution.strategy
         self.model = model
@@ -209,6 +210,10 @@ class Loop:
             # Its slot variables must exist before the train step runs (as fit does it).
             with self.strategy.scope():
                 model.optimizer.build(model.trainable_variables)
+        # An average of the weights, updated after every step (None: off).
+        self.average = (averaging.WeightAverage(self.strategy, model, average_decay)
+                        if average_decay > 0 else None)
+        self.distillation = distillation
         self._train = tf.function(self._train_batch, reduce_retracing=True)
         self._evaluate = tf.function(self._evaluate_batch, reduce_retracing=True)
         # Batch norm's moving statistics: each replica updates its own copy from its own
@@ -266,7 +271,11 @@ class Loop:
         with tf.GradientTape() as tape:
             probabilities = self.model(images, training=True)
             losses, correct = self._sums(targets, probabilities)
-            loss = tf.nn.compute_average_loss(losses, global_batch_size=tf.cast(global_count, tf.int64))
+            # The teacher sees this very (augmented) batch: consistent distillation.
+            objective = (losses if self.distillation is None
+                         else self.distillation.losses(images, probabilities, losses))
+            loss = tf.nn.compute_average_loss(objective,
+                                              global_batch_size=tf.cast(global_count, tf.int64))
             if self.model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
         variables = self.model.trainable_variables
@@ -282,6 +291,8 @@ class Loop:
 
     def _train_batch(self, batch: Any) -> tf.Tensor:
         sums = self.strategy.run(self._train_replica, args=batch)
+        if self.average is not None:
+            self.average.update()
         return self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None)
 
     def _evaluate_batch(self, batch: Any) -> tf.Tensor:
@@ -340,6 +351,11 @@ def run_epochs(loop: Loop, train_data: Any, validation_data: Any,
         metrics = loop.train_epoch(train_data, bar)
         validation = loop.evaluate(validation_data)
         logs = {**metrics, "val_accuracy": validation["accuracy"], "val_loss": validation["loss"]}
+        if loop.average is not None:  # the averaged weights, on the same validation images
+            loop.average.swap()
+            averaged = loop.evaluate(validation_data)
+            loop.average.swap()
+            logs.update(average_val_accuracy=averaged["accuracy"], average_val_loss=averaged["loss"])
         if verbose:
             print(f"epoch {epoch + 1}/{epochs}: " + ", ".join(
                 f"{key} {value:.4f}" for key, value in logs.items())

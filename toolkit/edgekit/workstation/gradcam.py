@@ -37,7 +37,7 @@ def find_layer(model: keras.Model, name: str | None = None) -> keras.layers.Laye
     """
     if name is None:
         names = convolution_names(model)
-        return model.get_layer(names[-1]) if names else None
+        return _block_output(model, model.get_layer(names[-1])) if names else None
     try:
         layer = model.get_layer(name)
     except ValueError:
@@ -48,6 +48,24 @@ def find_layer(model: keras.Model, name: str | None = None) -> keras.layers.Laye
         raise errors.ModelError(f"--layer {name!r} {what} the Keras model; its convolution "
                                 f"layers are: {choices}.")
     return layer
+
+
+# Layers that finish a convolution block: Grad-CAM reads the block's rectified output, as in
+# Selvaraju et al. (a conv followed by batch norm and ReLU is read after the ReLU).
+BLOCK_ENDS = (keras.layers.BatchNormalization, keras.layers.ReLU, keras.layers.Activation)
+
+
+def _block_output(model: keras.Model, convolution: keras.layers.Layer) -> keras.layers.Layer:
+    """The last layer of ``convolution``'s block: its batch norm and activation, if any."""
+    chosen = convolution
+    for layer in model.layers[model.layers.index(convolution) + 1:]:
+        activation = getattr(layer, "activation", None)
+        if (not isinstance(layer, BLOCK_ENDS) or (activation is not None and _is_softmax(activation))
+                or len(getattr(layer, "_inbound_nodes", [])) != 1
+                or layer.input is not chosen.output):
+            break
+        chosen = layer
+    return chosen
 
 
 def _output_shape(layer: keras.layers.Layer) -> tuple[Any, ...]:

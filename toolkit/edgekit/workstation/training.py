@@ -27,7 +27,7 @@ from edgekit import contract as contract_module
 from edgekit import errors, fileio
 from edgekit.contract import InputContract
 from edgekit.device import datasets
-from edgekit.workstation import checkpoints, distribute, fashion_download, models, tf_config
+from edgekit.workstation import averaging, checkpoints, distribute, fashion_download, models, tf_config
 from edgekit.workstation.config import TrainConfig
 
 MODEL_FILE = "model.keras"
@@ -200,23 +200,31 @@ def _train(config: TrainConfig, spec: datasets.DataSpec, dataset: datasets.Datas
               + (f"; resuming after epoch {initial_epoch}" if state is not None else ""),
               flush=True)
     started = time.perf_counter()
-    loop = distribute.Loop(distribution, model, config.label_smoothing, config.batch_size)
-    pipeline = functools.partial(make_dataset, config=config, num_classes=classes)
-    validation_data = loop.distribute(validation_split, functools.partial(pipeline, training=False),
-                                      training=False)
+    distillation = (averaging.Distillation(distribution.strategy, config.teacher, model,
+                                           config.distillation_weight,
+                                           config.distillation_temperature)
+                    if config.teacher else None)
     if finished:
         with distribution.strategy.scope():
             model = keras.models.load_model(source / CHECKPOINT_DIR / checkpoints.BEST_FILE,
                                             compile=True)
-        loop = distribute.Loop(distribution, model, config.label_smoothing, config.batch_size)
-    else:
+    loop = distribute.Loop(distribution, model, config.label_smoothing, config.batch_size,
+                           config.ema_decay, distillation)
+    callbacks[-1].average = loop.average
+    if loop.average is not None and state is not None and state.get("average_file"):
+        loop.average.load(source / CHECKPOINT_DIR / state["average_file"])
+    pipeline = functools.partial(make_dataset, config=config, num_classes=classes)
+    validation_data = loop.distribute(validation_split, functools.partial(pipeline, training=False),
+                                      training=False)
+    if not finished:
         train_data = loop.distribute(train_split, functools.partial(pipeline, training=True),
                                      training=True)
         distribute.run_epochs(loop, train_data, validation_data, callbacks, initial_epoch,
                               config.epochs, steps, verbose)
     seconds = time.perf_counter() - started + sum(record["epoch_seconds"] for record in previous)
-    record = _record(config, spec, dataset, distribution, model, recorder.epochs,
-                     loop.evaluate(validation_data))
+    validation, weights = _choose_weights(loop, validation_data, distribution.is_chief)
+    record = _record(config, spec, dataset, distribution, model, recorder.epochs, validation)
+    record["weights"] = weights
     record.update(train_images=len(train_split), validation_images=len(validation_split),
                   train_seconds=round(seconds, 1),
                   resumed_at_epoch=initial_epoch if state is not None else None)
@@ -224,6 +232,29 @@ def _train(config: TrainConfig, spec: datasets.DataSpec, dataset: datasets.Datas
         model.save(temporary)
     fileio.write_json(folder / CONFIG_FILE, record)
     return record
+
+
+def _choose_weights(loop: distribute.Loop, validation_data: Any,
+                    chief: bool) -> tuple[dict[str, float], dict[str, Any]]:
+    """The weights the run keeps: the best epoch's, or the average's if it validates higher.
+
+    Chosen on the validation split alone. The model holds the kept weights afterwards.
+    """
+    plain = loop.evaluate(validation_data)
+    if loop.average is None:
+        return plain, {"kept": "plain"}
+    loop.average.swap()
+    averaged = loop.evaluate(validation_data)
+    kept = "average" if averaged["accuracy"] >= plain["accuracy"] else "plain"
+    if kept == "plain":
+        loop.average.swap()
+    weights = {"kept": kept, "ema_decay": loop.average.decay,
+               "plain_validation_accuracy": float(plain["accuracy"]),
+               "average_validation_accuracy": float(averaged["accuracy"])}
+    if chief:
+        print(f"weights kept: {kept} (validation accuracy: best epoch {plain['accuracy']:.4%}, "
+              f"moving average {averaged['accuracy']:.4%})", flush=True)
+    return (averaged if kept == "average" else plain), weights
 
 
 def _model(config: TrainConfig, contract: InputContract, distribution: distribute.Distribution,
