@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # README command 1: set up, then train -> evaluate -> export -> verify -> benchmark,
 # regenerating everything in exported/. Fails if any step fails, parity included.
+# The released model is the compact edge network (`edgekit train --arch edge`, its recipe in
+# edgekit.workstation.config.RECIPES); the reference CNN is released beside it in
+# exported/reference/ and measured against it in the same benchmark run.
 # Extra arguments go to `edgekit train` (e.g. scripts/main.sh --epochs 5).
-# EDGEKIT_FROM_RUN=DIR releases a model that `edgekit train --output-dir DIR` already trained
-# (its model, training record and history are copied; every later step runs as usual).
+# EDGEKIT_FROM_RUN=DIR releases a model that `edgekit train --arch edge --output-dir DIR`
+# already trained (its model, training record and history are copied; every later step runs).
+# EDGEKIT_REFERENCE=train also retrains the reference CNN (about 25 min more) into
+# runs/reference and releases it into exported/reference (scripts/release_reference.sh);
+# otherwise exported/reference is the committed reference release, kept as it is.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -38,14 +44,21 @@ if [ -n "${EDGEKIT_FROM_RUN:-}" ]; then
     mkdir -p "$OUT/reports"
     step train adopt_run "$EDGEKIT_FROM_RUN"
 else
-    step train "$EDGEKIT" train --output-dir "$OUT" "$@"
+    step train "$EDGEKIT" train --arch edge --output-dir "$OUT" "$@"
+fi
+if [ "${EDGEKIT_REFERENCE:-}" = "train" ]; then
+    step reference "$EDGEKIT" train --arch reference --output-dir runs/reference
+    step reference-release "$ROOT/scripts/release_reference.sh" runs/reference
 fi
 step evaluate  "$EDGEKIT" evaluate --model "$OUT/model.keras" --output-dir "$OUT/reports"
 step export    "$EDGEKIT" export --model "$OUT/model.keras" --format all --output-dir "$OUT"
-step verify    "$EDGEKIT" verify "$OUT"
+step verify    "$EDGEKIT" verify "$OUT" --explanations   # parity, then explanation parity
 COMPARE=()  # the reference CNN's release, measured in the same benchmark run
 if [ -f "$OUT/reference/manifest.json" ]; then COMPARE=(--compare "$OUT/reference"); fi
 step benchmark "$EDGEKIT" benchmark "$OUT" --training --sweep "${COMPARE[@]}"
+if "$VENV/bin/python" -c "import fastapi, uvicorn" 2> /dev/null; then  # the serve extra
+    step serve "$EDGEKIT" serve --model "$OUT/model_int8.tflite" --benchmark
+fi
 
 "$VENV/bin/python" - "$OUT" "$TIMES" <<'PY'
 import json, os, platform, sys

@@ -28,6 +28,8 @@ PLACES: dict[str, Path] = {
     "parity": README,
     "benchmark": README,
     "comparison": README,
+    "explain": README,
+    "serve": README,
     "benchmark-method": BENCHMARK_DOC,
     "sweep": BENCHMARK_DOC,
 }
@@ -48,8 +50,7 @@ def accuracy_section(metrics: dict, manifest: dict) -> str:
         f"**Test accuracy: {metrics['accuracy']:.2%}** ({metrics['correct']:,} of "
         f"{metrics['test_images']:,} test images), loss {metrics['loss']:.4f} — "
         f"`{reference.get('architecture', '?')}` CNN, {reference.get('parameters', 0):,} parameters, "
-        f"best epoch {training.get('best_epoch', '?')} of {training.get('epochs_run', '?')} "
-        f"(validation accuracy {training.get('validation_accuracy', 0):.2%}).",
+        + kept_weights(training) + ".",
         "",
         "| class | precision | recall | F1 | images |",
         "|---|---|---|---|---|",
@@ -60,6 +61,18 @@ def accuracy_section(metrics: dict, manifest: dict) -> str:
     lines += ["", "![confusion matrix](exported/reports/confusion_matrix.png) "
               "![training curves](exported/reports/training_curves.png)"]
     return "\n".join(lines)
+
+
+def kept_weights(training: dict) -> str:
+    """Which weights the run kept: its best epoch's, or the moving average of its weights."""
+    weights = training.get("weights") or {}
+    if weights.get("kept") == "average":
+        return (f"the moving average of its weights (decay {weights['ema_decay']:g}) after "
+                f"{training.get('epochs_run', '?')} epochs, validation accuracy "
+                f"{weights['average_validation_accuracy']:.2%} (the plain weights: "
+                f"{weights['plain_validation_accuracy']:.2%})")
+    return (f"best epoch {training.get('best_epoch', '?')} of {training.get('epochs_run', '?')} "
+            f"(validation accuracy {training.get('validation_accuracy', 0):.2%})")
 
 
 def artifacts_section(manifest: dict) -> str:
@@ -101,7 +114,9 @@ def benchmark_section(benchmark: dict) -> str:
              "`% matmul` = throughput × MACs × 2 / the matmul rate measured around the row. "
              "How each column is measured: [docs/benchmark-method.md](docs/benchmark-method.md).",
              ""]
-    lines += benchmark_module.table(benchmark)
+    # The compared releases' rows are in the comparison section; here, this release's.
+    lines += benchmark_module.table({**benchmark, "rows": [
+        row for row in benchmark["rows"] if "/" not in row["artifact"]]})
     summary = benchmark_module.load_summary(benchmark)
     if summary:
         lines += ["", summary]
@@ -200,6 +215,54 @@ def comparison_section(folder: Path, benchmark: dict) -> str | None:
     return "\n".join(lines)
 
 
+def explain_section(report: dict) -> str:
+    """Explanation parity (verify --explanations): each artifact's mean rank correlation."""
+    names = {"model_int8.tflite": "int8 TFLite", "model_int8.onnx": "int8 ONNX",
+             "model_fp32.tflite": "fp32 TFLite", "model_fp32.onnx": "fp32 ONNX",
+             "model_fp16.tflite": "fp16", "model_dynamic.tflite": "dynamic"}
+    measured = ", ".join(
+        f"{entry['measures']['mean_rank_correlation']:.3f} {names.get(entry['file'], entry['file'])}"
+        for entry in report["artifacts"] if entry.get("measures"))
+    bars = " / ".join(f"{bar['min_rank_correlation']:g} {precision}"
+                      for precision, bar in report["bars"].items())
+    sanity = report.get("sanity") or {}
+    checks = []
+    randomised = sanity.get("randomised_weights")
+    if randomised:
+        checks.append("randomised weights change the maps (occlusion "
+                      f"{randomised['occlusion_rank_correlation']['value']:.3f}, Grad-CAM "
+                      f"{randomised['gradcam_rank_correlation']['value']:.3f}): "
+                      + ("passed" if randomised["passed"] else "**failed**"))
+    against = sanity.get("gradcam_vs_occlusion")
+    if against:
+        correlation = against["rank_correlation"]
+        checks.append(f"Grad-CAM against occlusion {correlation['value']:.3f} (chance "
+                      f"{correlation['chance']:.3f}): " + ("passed" if against["passed"] else "**failed**"))
+    return (f"On {report['measured_on']}: mean rank correlation with the Keras model's maps "
+            f"{measured} (bars {bars}): " + ("every artifact passed" if report["passed"]
+                                             else "**an artifact failed**")
+            + (". Sanity checks: " + "; ".join(checks) if checks else "") + ".")
+
+
+def serve_section(report: dict, cpus: int | None) -> str:
+    """The server's measured throughput (edgekit serve --benchmark), one client and many."""
+    rows = report["rows"]
+
+    def rate(server: str, clients: int) -> dict:
+        return next(row for row in rows if row["server"] == server and row["clients"] == clients)
+
+    most = max(row["clients"] for row in rows)
+    batched = rate("batching on", most)
+    single = report["time_per_request"]
+    return (f"`edgekit serve --benchmark` on {cpus or '?'} CPUs ({report['precision']}, "
+            f"{report['model']}): {rate('batching on', 1)['requests_per_second']:,.0f} requests/s "
+            f"with 1 client, {batched['requests_per_second']:,.0f} with {most} (micro-batching, "
+            f"{batched['images_per_model_call']:.1f} images per model call; "
+            f"{rate('batching off', most)['requests_per_second']:,.0f} without); the model is "
+            f"{single['app_ms']['model']:.2f} ms of a {single['client_mean_ms']:.2f} ms request "
+            "(`exported/reports/serve_benchmark.json`).")
+
+
 def run_section(run: dict) -> str:
     minutes = run["wall_seconds"] / 60
     steps = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in run["steps_seconds"].items())
@@ -249,6 +312,12 @@ def sections(folder: Path) -> dict[str, str]:
             bodies["sweep"] = sweep_section(benchmark["sweep"])
     if run:
         bodies["run"] = run_section(run)
+    explain = load(folder / "reports" / "explain.json")
+    if explain:
+        bodies["explain"] = explain_section(explain)
+    serve = load(folder / "reports" / "serve_benchmark.json")
+    if serve:
+        bodies["serve"] = serve_section(serve, (benchmark or {}).get("machine", {}).get("cpus"))
     return bodies
 
 

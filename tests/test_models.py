@@ -56,8 +56,11 @@ def test_edge_parameter_budget():
 def test_edge_stem_and_blocks():
     from edgekit.workstation import models
 
-    pooled = models.build(TrainConfig.for_architecture("edge", edge_stem="pool", edge_blocks=1))
-    strided = models.build(TrainConfig.for_architecture("edge", edge_stem="stride2", edge_blocks=0))
+    widths = (32, 64, 64)  # the arithmetic below is for a 32-channel stem
+    pooled = models.build(TrainConfig.for_architecture("edge", edge_stem="pool", edge_blocks=1,
+                                                       edge_widths=widths))
+    strided = models.build(TrainConfig.for_architecture("edge", edge_stem="stride2", edge_blocks=0,
+                                                        edge_widths=widths))
     assert strided.output_shape == (None, 10)
     # stride2: a 5x5 conv straight to 14x14 replaces the 3x3 conv at 28x28 and its max-pool.
     stem = strided.get_layer("stem_conv")

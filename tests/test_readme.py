@@ -1,6 +1,7 @@
 """scripts/update_readme.py: the generated sections of README.md and docs/ are filled between
 markers, each in the file PLACES names, and match what the script renders from exported/."""
 
+import json
 import re
 import sys
 
@@ -39,7 +40,7 @@ def test_fill_writes_only_when_a_section_changed(tmp_path):
 
 def test_every_generated_section_has_markers_in_its_own_file_only():
     expected = {"run", "accuracy", "artifacts", "parity", "benchmark", "comparison",
-                "benchmark-method", "sweep"}
+                "explain", "serve", "benchmark-method", "sweep"}
     assert set(update_readme.PLACES) == expected
     files = set(update_readme.PLACES.values())
     for name, place in update_readme.PLACES.items():
@@ -77,3 +78,15 @@ def test_run_section_says_when_training_was_adopted_from_a_finished_run():
     run["adopted_run"] = {"folder": "runs/edge", "train_seconds": 2580.4}
     text = update_readme.run_section(run)
     assert "EDGEKIT_FROM_RUN=runs/edge" in text and "2580 s (43.0 min)" in text
+
+
+def test_explain_and_serve_sections_render_from_their_reports():
+    explain = json.loads((EXPORTED / "reports" / "explain.json").read_text())
+    text = update_readme.explain_section(explain)
+    first = explain["artifacts"][0]
+    assert f"{first['measures']['mean_rank_correlation']:.3f}" in text
+    assert ("every artifact passed" in text) == explain["passed"]
+    serve = json.loads((EXPORTED / "reports" / "serve_benchmark.json").read_text())
+    text = update_readme.serve_section(serve, 2)
+    single = next(row for row in serve["rows"] if row["server"] == "batching on" and row["clients"] == 1)
+    assert f"{single['requests_per_second']:,.0f} requests/s with 1 client" in text

@@ -103,9 +103,13 @@ def train(architecture: str, epochs: int | None, batch_size: int | None,
         click.echo(f"done; the chief wrote {output_dir}")
         return
     model_path = output_dir / training.MODEL_FILE
-    click.echo(f"saved {model_path} ({record['parameters']:,} parameters; best epoch "
-               f"{record['best_epoch']} of {record['epochs_run']}, validation accuracy "
-               f"{record['validation_accuracy']:.2%}, {record['train_seconds']:.0f} s)")
+    kept = record.get("weights", {}).get("kept")
+    which = (f"the moving average of the weights after {record['epochs_run']} epochs"
+             if kept == "average" else f"best epoch {record['best_epoch']} of {record['epochs_run']}"
+             if record["config"]["schedule"] == "plateau"
+             else f"the weights of epoch {record['epochs_run']}")
+    click.echo(f"saved {model_path} ({record['parameters']:,} parameters; {which}, validation "
+               f"accuracy {record['validation_accuracy']:.2%}, {record['train_seconds']:.0f} s)")
     click.echo(f"Next: edgekit evaluate --model {model_path}")
 
 

@@ -55,6 +55,10 @@ def run(folder: Path, config: BenchmarkConfig, spec: datasets.DataSpec | None = 
     reference = manifest.get("reference") or {}
     macs = int(reference.get("macs_per_image") or 0)
     rows = release_rows(folder, manifest, images, config, echo)
+    # The compared releases' rows before the Keras baselines: TensorFlow, once imported,
+    # would stay in the process' peak memory that their rows report.
+    for other, other_manifest in others:
+        rows += release_rows(other, other_manifest, images, config, echo, prefix=other.name)
     if config.keras and reference.get("file"):
         if keras_baselines is None:
             echo(NO_TENSORFLOW.format("the Keras baselines"))
@@ -66,7 +70,6 @@ def run(folder: Path, config: BenchmarkConfig, spec: datasets.DataSpec | None = 
                                 model=reference.get("architecture")))
     paired = []
     for other, other_manifest in others:
-        rows += release_rows(other, other_manifest, images, config, echo, prefix=other.name)
         paired += paired_latency(folder, manifest, other, other_manifest, images, config, echo)
     echo("timing `edgekit predict` on one image from a cold start")
     timing.settle()

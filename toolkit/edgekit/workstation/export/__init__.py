@@ -275,8 +275,8 @@ def write_reference(reference: reference_module.Reference, model_path: Path, out
         "macs_per_image": models.count_macs(model),
         "architecture": record.get("config", {}).get("architecture", "unknown"),
         "training": {key: record[key] for key in
-                     ("config", "epochs_run", "best_epoch", "validation_accuracy", "train_seconds",
-                      "environment") if key in record},
+                     ("config", "epochs_run", "best_epoch", "validation_accuracy", "weights",
+                      "train_seconds", "environment") if key in record},
         "test_accuracy": float((probabilities.argmax(1) == test.labels).mean()),
         "outputs_file": REFERENCE_OUTPUTS_FILE,
         "outputs_sha256": fileio.sha256_of(staging / REFERENCE_OUTPUTS_FILE),
