@@ -4,7 +4,8 @@
 # The released model is the compact edge network (`edgekit train --arch edge`, its recipe in
 # edgekit.workstation.config.RECIPES); the reference CNN is released beside it in
 # exported/reference/ and measured against it in the same benchmark run.
-# Extra arguments go to `edgekit train` (e.g. scripts/main.sh --epochs 5).
+# Extra arguments go to `edgekit train` (e.g. scripts/main.sh --epochs 5), which trains in
+# runs/main (EDGEKIT_RUN_DIR); the finished run's model and records are copied into exported/.
 # EDGEKIT_FROM_RUN=DIR releases a model that `edgekit train --arch edge --output-dir DIR`
 # already trained (its model, training record and history are copied; every later step runs).
 # EDGEKIT_REFERENCE=train also retrains the reference CNN (about 25 min more) into
@@ -40,11 +41,15 @@ adopt_run() {  # adopt_run DIR: take a finished `edgekit train` run instead of t
     done
     echo "Adopted the run in $run (trained in $("$VENV/bin/python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["train_seconds"])' "$run/train_config.json") s)"
 }
+mkdir -p "$OUT/reports"
 if [ -n "${EDGEKIT_FROM_RUN:-}" ]; then
-    mkdir -p "$OUT/reports"
     step train adopt_run "$EDGEKIT_FROM_RUN"
 else
-    step train "$EDGEKIT" train --arch edge --output-dir "$OUT" "$@"
+    # Trained in a run folder (checkpoints, averaged weights), then adopted: exported/ keeps
+    # one Keras model. `scripts/main.sh --resume` continues an interrupted run there.
+    RUN="${EDGEKIT_RUN_DIR:-runs/main}"
+    train_and_adopt() { "$EDGEKIT" train --arch edge --output-dir "$RUN" "$@" && adopt_run "$RUN"; }
+    step train train_and_adopt "$@"
 fi
 if [ "${EDGEKIT_REFERENCE:-}" = "train" ]; then
     step reference "$EDGEKIT" train --arch reference --output-dir runs/reference

@@ -181,14 +181,19 @@ def sweep_section(sweep: list[dict]) -> str:
 def comparison_section(folder: Path, benchmark: dict) -> str | None:
     """Edge vs reference: accuracy float and int8, parameters, int8 size, latency (one run)."""
     compared = benchmark.get("compared") or []
-    releases = [(folder, None)] + [(Path(item["folder"]), Path(item["folder"]).name) for item in compared]
+    # Shown as the benchmark recorded them (relative to where it ran, the repository for
+    # scripts/main.sh), read from beside this release's folder.
+    base = folder.resolve().parent
+    releases = [(folder, None, shown(folder))] + [
+        (Path(item["folder"]) if Path(item["folder"]).is_absolute() else base / item["folder"],
+         Path(item["folder"]).name, Path(item["folder"]).as_posix()) for item in compared]
     if len(releases) < 2:
         return None
     rows_by_name = {row["artifact"]: row for row in benchmark["rows"]}
     lines = ["| model | parameters | MACs / image | float test accuracy | int8 TFLite test accuracy "
              "| int8 TFLite size | int8 TFLite latency p50 | fastest file, p50 |",
              "|---|---|---|---|---|---|---|---|"]
-    for release, prefix in releases:
+    for release, prefix, name in releases:
         manifest = load(release / "manifest.json")
         metrics = load(release / "reports" / "metrics.json")
         if not manifest or not metrics:
@@ -200,7 +205,7 @@ def comparison_section(folder: Path, benchmark: dict) -> str | None:
         fastest = min(own, key=lambda row: row["single"]["p50_ms"])
         latency = rows_by_name[f"{prefix}/model_int8.tflite" if prefix else "model_int8.tflite"]
         lines.append(
-            f"| `{reference['architecture']}` ({release.as_posix()}) | {reference['parameters']:,} | "
+            f"| `{reference['architecture']}` ({name}) | {reference['parameters']:,} | "
             f"{reference['macs_per_image']:,} | {metrics['accuracy']:.2%} | "
             f"{int8['metrics']['accuracy']:.2%} | {human(int8['bytes'])} | "
             f"{latency['single']['p50_ms']:.3f} ms | {fastest['artifact'].split('/')[-1]} "
@@ -261,6 +266,12 @@ def serve_section(report: dict, cpus: int | None) -> str:
             f"{rate('batching off', most)['requests_per_second']:,.0f} without); the model is "
             f"{single['app_ms']['model']:.2f} ms of a {single['client_mean_ms']:.2f} ms request "
             "(`exported/reports/serve_benchmark.json`).")
+
+
+def shown(folder: Path) -> str:
+    """A release folder as the README names it: relative to the repository when inside it."""
+    resolved = folder.resolve()
+    return resolved.relative_to(ROOT).as_posix() if resolved.is_relative_to(ROOT) else folder.as_posix()
 
 
 def run_section(run: dict) -> str:

@@ -25,7 +25,11 @@ def test_predict_contract(exported, images, name):
     assert np.all(probabilities >= 0) and np.all(probabilities <= 1.0 + 1e-6)
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=0.02)
     assert LABELS[int(probabilities[0].argmax())] == "Ankle boot"
-    assert (probabilities.argmax(axis=1) == labels).mean() > 0.85
+    # 64 images measure accuracy to +/-4 pp: the sample's bar is loose; agreement with the
+    # Keras model's stored outputs on the same images is the tight check.
+    assert (probabilities.argmax(axis=1) == labels).mean() > 0.8
+    stored = np.load(exported / "reference.npz")["probabilities"][:64]
+    assert (probabilities.argmax(axis=1) == stored.argmax(axis=1)).mean() >= 62 / 64
     assert model.labels == LABELS
 
 

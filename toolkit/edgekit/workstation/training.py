@@ -205,6 +205,7 @@ def _train(config: TrainConfig, spec: datasets.DataSpec, dataset: datasets.Datas
                                            config.distillation_temperature)
                     if config.teacher else None)
     if finished:  # the weights the run ended with: its best epoch's, or (cosine) its last
+        assert state is not None
         kept = checkpoints.BEST_FILE if _restores_best_epoch(config) else state["model_file"]
         with distribution.strategy.scope():
             model = keras.models.load_model(source / CHECKPOINT_DIR / kept, compile=True)
