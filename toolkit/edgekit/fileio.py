@@ -101,7 +101,14 @@ def ensure_dir(path: str | os.PathLike[str]) -> Path:
 
 
 def sha256_of(path: str | os.PathLike[str]) -> str:
+    """A file's sha256; for a folder (a SavedModel), over its files' relative paths and bytes."""
     digest = hashlib.sha256()
+    if os.path.isdir(path):
+        root = Path(path)
+        for member in sorted(item for item in root.rglob("*") if item.is_file()):
+            digest.update(member.relative_to(root).as_posix().encode("utf-8") + b"\0")
+            digest.update(sha256_of(member).encode("ascii"))
+        return digest.hexdigest()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)

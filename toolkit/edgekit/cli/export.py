@@ -17,7 +17,8 @@ from edgekit.cli.common import (
 
 @click.command()
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=DEFAULT_MODEL,
-              show_default=True, help="The trained .keras model.")
+              show_default=True, help="The trained model: a .keras file, a legacy .h5 file, or a SavedModel folder "
+                   "(also Keras' model.export() archive).")
 @click.option("--format", "export_format", type=click.Choice(["tflite", "onnx", "all"]),
               default="all", show_default=True)
 @click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]),
@@ -28,10 +29,13 @@ from edgekit.cli.common import (
 @click.option("--output-dir", type=click.Path(path_type=Path), default=None,
               help="Where artifacts and manifest.json go (default: the model's folder).")
 @recorded_data_option
-@click.option("--input-range", type=click.Choice(["0-255", "0-1", "-1-1"]), default=None,
-              help="What pixel range a model trained elsewhere expects (default: 0-255 when it "
-                   "starts with a Rescaling or Normalization layer). A Rescaling is added so "
-                   "every artifact takes raw 0-255 pixels.")
+@click.option("--input-range", type=click.Choice(["0-255", "0-1", "-1-1", "caffe", "torch"]),
+              default=None,
+              help="What input a model trained elsewhere expects: a pixel range, or Keras "
+                   "Applications' caffe (BGR, ImageNet mean subtracted) or torch (ImageNet "
+                   "mean/std) preprocessing (default: 0-255 when it starts with a Rescaling or "
+                   "Normalization layer). It is added to the graph, so every artifact takes raw "
+                   "0-255 pixels.")
 @click.option("--output", "output_kind", type=click.Choice(["probabilities", "logits"]),
               default=None, help="What the model returns (default: probabilities when it ends "
                                  "in a softmax, else logits, which get a softmax added).")

@@ -17,22 +17,97 @@ from edgekit.workstation import plots, training
 PREDICTION_GRID_SIZE = 32
 
 
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+SAVED_MODEL_FILE = "saved_model.pb"
+
+
 def load_keras_model(path: Path) -> Any:
-    """Load a ``.keras`` file in Keras' safe mode, with a clear error for a bad file."""
+    """Load a model with Keras' own loaders, with one clear error for a bad path or file.
+
+    ``.keras`` (safe mode), a legacy ``.h5``/``.hdf5`` file, or a TensorFlow SavedModel folder
+    (also what Keras 3's ``model.export()`` writes): Keras 3 reads the last only through
+    ``keras.layers.TFSMLayer``, so it is wrapped as a one-layer functional model over its
+    serving signature, which must take one fixed-size image batch.
+    """
     import keras
 
     path = Path(path)
+    if path.is_dir():
+        return _load_saved_model(path)
     if not path.is_file():
         raise errors.ModelError(f"model file {path} does not exist. Train one with `edgekit train`.")
-    if path.suffix != ".keras":
-        raise errors.ModelError(f"{path} is not a .keras model file.")
+    if path.suffix.lower() not in KERAS_SUFFIXES:
+        raise errors.ModelError(
+            f"{path} is not a Keras model: edgekit reads .keras and .h5 files and SavedModel "
+            "folders. Save yours with `model.save('model.keras')` in the framework that trained it.")
     try:
-        return keras.models.load_model(path, safe_mode=True, compile=False)
+        if path.suffix.lower() != ".keras":
+            return keras.models.load_model(path, compile=False)
+        if not _wraps_saved_model(path):
+            return keras.models.load_model(path, safe_mode=True, compile=False)
+        from keras.src.saving import serialization_lib
+
+        # load_model(safe_mode=False) does not reach a TFSMLayer nested in a functional model.
+        with serialization_lib.SafeModeScope(False):
+            return keras.models.load_model(path, safe_mode=False, compile=False)
     except Exception as error:  # Keras raises many types for a corrupt archive
         raise errors.ModelError(
             f"cannot load Keras model {path}: {str(error).splitlines()[0][:200]}. "
-            "The file is corrupt or not a Keras 3 model; retrain with `edgekit train`."
+            "The file is corrupt or not a Keras model; load it where it was trained and save it "
+            "with `model.save('model.keras')`, or retrain with `edgekit train`."
         ) from error
+
+
+def _wraps_saved_model(path: Path) -> bool:
+    """A release's ``model.keras`` made from a SavedModel folder holds a ``TFSMLayer`` naming
+    that folder; safe mode refuses to deserialise it. It loads the SavedModel the user
+    exported from (nothing else), so such an archive is read with safe mode off."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return b'"TFSMLayer"' in archive.read("config.json")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False
+
+
+def _load_saved_model(path: Path) -> Any:
+    import keras
+
+    if not (path / SAVED_MODEL_FILE).is_file():
+        raise errors.ModelError(
+            f"{path} is a folder without {SAVED_MODEL_FILE}, so not a SavedModel; give a .keras "
+            "or .h5 file, or the SavedModel folder itself.")
+    try:
+        layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+        signature = layer.call_endpoint_fn.structured_input_signature
+    except Exception as error:
+        raise errors.ModelError(
+            f"cannot load SavedModel {path}: {str(error).splitlines()[0][:200]}. Load it with "
+            "`tf.keras.models.load_model` where it was made and save it as `model.keras`."
+        ) from error
+    specs = [spec for spec in _flatten(signature) if hasattr(spec, "shape")]
+    if len(specs) != 1 or len(specs[0].shape) != 4 or None in tuple(specs[0].shape)[1:]:
+        raise errors.ModelError(
+            f"SavedModel {path}'s serving signature takes {[tuple(s.shape) for s in specs]}; "
+            "edgekit needs one image batch of a fixed size [N, height, width, channels].")
+    inputs = keras.Input(shape=tuple(specs[0].shape)[1:], dtype="float32", name="pixels")
+    outputs = layer(inputs)
+    if isinstance(outputs, dict):
+        if len(outputs) != 1:
+            raise errors.ModelError(
+                f"SavedModel {path} returns {len(outputs)} outputs ({', '.join(outputs)}); "
+                "edgekit exports classifiers with one class output.")
+        outputs = next(iter(outputs.values()))
+    return keras.Model(inputs, outputs, name=path.name)
+
+
+def _flatten(structure: Any) -> list[Any]:
+    if isinstance(structure, dict):
+        return [item for value in structure.values() for item in _flatten(value)]
+    if isinstance(structure, (list, tuple)):
+        return [item for value in structure for item in _flatten(value)]
+    return [structure]
 
 
 def predict_probabilities(model: Any, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:

@@ -246,7 +246,8 @@ def write_reference(reference: reference_module.Reference, model_path: Path, out
 
     model, test = reference.model, reference.dataset.test
     source_sha256 = fileio.sha256_of(model_path)
-    if reference.wrapped:
+    if reference.wrapped or Path(model_path).suffix != ".keras" or Path(model_path).is_dir():
+        # Wrapped, or another format (.h5, a SavedModel): the release's reference is .keras.
         with fileio.atomic_path(staging / REFERENCE_FILE) as temporary:
             model.save(temporary)
         model_path = staging / REFERENCE_FILE

@@ -16,7 +16,11 @@ import numpy as np
 from edgekit import __version__, errors
 from edgekit.contract import InputContract
 from edgekit.workstation.export.metadata import edgekit_metadata
-from edgekit.workstation.export.onnx_graph import fold_flatten_transpose, fold_input_scale
+from edgekit.workstation.export.onnx_graph import (
+    fold_captured_inputs,
+    fold_flatten_transpose,
+    fold_input_scale,
+)
 
 
 def serving_function(model: Any, contract: InputContract) -> Any:
@@ -32,6 +36,24 @@ def serving_function(model: Any, contract: InputContract) -> Any:
     return serve
 
 
+def captured_constants(function: Any) -> dict[str, np.ndarray]:
+    """The tensors a traced function closes over that are values, not variables.
+
+    Keras 3 keeps some layers' state as plain tensors (``Normalization``'s mean and
+    variance, given or adapted). tf2onnx freezes only variables and turns every other
+    capture into a graph input; these are their names in the graph and their values.
+    """
+    import tensorflow as tf
+
+    concrete = function.get_concrete_function()
+    constants = {}
+    for value, placeholder in zip(concrete.captured_inputs, concrete.graph.internal_captures,
+                                  strict=True):
+        if value.dtype != tf.resource:
+            constants[placeholder.name] = np.asarray(value.numpy())
+    return constants
+
+
 def to_onnx(model: Any, opset: int, contract: InputContract) -> Any:
     import tf2onnx
 
@@ -40,7 +62,10 @@ def to_onnx(model: Any, opset: int, contract: InputContract) -> Any:
         proto, _ = tf2onnx.convert.from_function(
             function, input_signature=function.input_signature, opset=opset)
     except Exception as error:
-        raise errors.ExportError(f"ONNX conversion failed: {str(error).splitlines()[0][:300]}") from error
+        raise errors.ExportError(
+            f"ONNX conversion failed: {str(error).splitlines()[0][:300]}. "
+            "`--format tflite` exports the TFLite files alone.") from error
+    fold_captured_inputs(proto, captured_constants(function))
     fold_flatten_transpose(proto)
     fold_input_scale(proto)
     return proto

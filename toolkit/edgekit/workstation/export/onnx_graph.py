@@ -11,6 +11,24 @@ import numpy as np
 LAYOUT_OPS = ("Reshape", "Transpose")
 
 
+def fold_captured_inputs(proto: Any, constants: dict[str, np.ndarray]) -> list[str]:
+    """Turn graph inputs that tf2onnx made of captured constants into initialisers.
+
+    Returns the names folded. The pixel input (the first) is never touched.
+    """
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    folded = []
+    for graph_input in list(graph.input)[1:]:
+        if graph_input.name in constants:
+            value = constants[graph_input.name]
+            graph.initializer.append(numpy_helper.from_array(value, graph_input.name))
+            graph.input.remove(graph_input)
+            folded.append(graph_input.name)
+    return folded
+
+
 def fold_input_scale(proto: Any) -> bool:
     """Fold the model's input Rescaling (Mul by a constant, Add of zero) into the first Conv.
 

@@ -16,9 +16,8 @@ from typing import Any
 from edgekit import errors
 from edgekit.contract import InputContract
 from edgekit.device import datasets
-from edgekit.workstation import training
+from edgekit.workstation import preprocessing, training
 
-INPUT_RANGES = {"0-255": None, "0-1": (1 / 255, 0.0), "-1-1": (1 / 127.5, -1.0)}
 OUTPUTS = ("probabilities", "logits")
 SCALING_LAYERS = ("Rescaling", "Normalization")
 
@@ -55,14 +54,56 @@ def check_classifier(model: Any, path: Path) -> tuple[tuple[int, int, int], int]
 
 
 def _first_layer_scales(model: Any) -> bool:
-    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
-    return bool(layers) and type(layers[0]).__name__ in SCALING_LAYERS
+    """The graph starts with a Rescaling or Normalization (looking into a nested model that
+    comes first, as a Keras Applications backbone built with include_preprocessing does)."""
+    layers = [layer for layer in getattr(model, "layers", []) if type(layer).__name__ != "InputLayer"]
+    if not layers:
+        return False
+    first = layers[0]
+    return type(first).__name__ in SCALING_LAYERS or (
+        hasattr(first, "layers") and _first_layer_scales(first))
+
+
+def _model_names(model: Any) -> list[str]:
+    """The model's name and its nested models' names, outermost first."""
+    names = [str(model.name)]
+    for layer in getattr(model, "layers", []):
+        if hasattr(layer, "layers"):
+            names.extend(_model_names(layer))
+    return names
+
+
+def _ask_for_input_range(model: Any, model_path: Path) -> errors.ModelError:
+    hint = ""
+    family = preprocessing.family_input_range(_model_names(model))
+    if family is not None:
+        name, expected = family
+        hint = (f" It looks like a Keras Applications {name} model, whose preprocess_input "
+                f"expects --input-range {expected or '0-255'}"
+                + (" (its preprocessing is inside the model)." if expected is None else "."))
+    return errors.ModelError(
+        f"{model_path} has no leading Rescaling or Normalization layer, so edgekit cannot tell "
+        f"what pixel range it expects: pass --input-range {'|'.join(preprocessing.INPUT_RANGES)} "
+        f"(caffe and torch as keras.applications define them).{hint}")
 
 
 def _ends_in_softmax(model: Any) -> bool:
     last = model.layers[-1]
     activation = getattr(last, "activation", None)
     return type(last).__name__ == "Softmax" or getattr(activation, "__name__", "") == "softmax"
+
+
+def _returns_probabilities(model: Any, images: Any, input_range: str) -> bool:
+    """Whether outputs on a few real images are rows of probabilities (for a model whose last
+    layer does not say, e.g. a SavedModel's serving function)."""
+    import numpy as np
+
+    x = np.asarray(images, np.float32)
+    for layer in preprocessing.preprocessing_layers(input_range, x.shape[-1]):
+        x = np.asarray(layer(x))
+    outputs = np.asarray(model(x, training=False), np.float64)
+    return bool(len(outputs)) and bool(np.all(outputs >= 0) and np.all(outputs <= 1)
+                                       and np.allclose(outputs.sum(axis=1), 1, atol=1e-3))
 
 
 def prepare(model: Any, model_path: Path, spec: datasets.DataSpec | None,
@@ -78,27 +119,26 @@ def prepare(model: Any, model_path: Path, spec: datasets.DataSpec | None,
         if trained_here or _first_layer_scales(model):
             input_range = "0-255"
         else:
-            raise errors.ModelError(
-                f"{model_path} has no leading Rescaling or Normalization layer, so edgekit cannot "
-                "tell what pixel range it expects: pass --input-range 0-255, 0-1 or -1-1.")
-    if output is None:
-        output = "probabilities" if _ends_in_softmax(model) else "logits"
+            raise _ask_for_input_range(model, model_path)
     dataset = training.data_for_model(model_path, model, spec)
-    scaling = INPUT_RANGES[input_range]
-    wrapped = scaling is not None or output == "logits"
+    if output is None:
+        output = "probabilities" if _ends_in_softmax(model) or _returns_probabilities(
+            model, dataset.test.images[:16], input_range) else "logits"
+    scaling = preprocessing.preprocessing_layers(input_range, dataset.contract.channels)
+    wrapped = bool(scaling) or output == "logits"
     if wrapped:
         inputs = keras.Input(shape=dataset.contract.shape, dtype="float32", name="pixels")
         x = inputs
-        if scaling is not None:
-            x = keras.layers.Rescaling(scaling[0], offset=scaling[1], name="edgekit_scale")(x)
+        for layer in scaling:
+            x = layer(x)
         x = model(x)
         if output == "logits":
             x = keras.layers.Softmax(name="edgekit_softmax")(x)
         model = keras.Model(inputs, x, name=f"edgekit_wrapped_{model.name}")
     contract = dataclasses.replace(
         dataset.contract,
-        scaling="inside the graph" + (f" (Rescaling added at export: the model expected "
-                                      f"{input_range})" if scaling is not None else ""),
+        scaling="inside the graph" + (f" ({input_range} preprocessing added at export: the model "
+                                      f"expected {input_range})" if scaling else ""),
         output="probabilities" + (" (softmax added at export over the model's logits)"
                                   if output == "logits" else ""))
     return Reference(model, contract, dataset, input_range, output, wrapped)
