@@ -223,3 +223,40 @@ def test_a_failed_conversion_leaves_the_release_as_it_was(tmp_path, monkeypatch)
         export_module.export(path, release, config, spec=datasets.DataSpec(str(data)),
                              echo=lambda line: None)
     assert sorted(item.name for item in release.iterdir()) == ["notes.txt"]
+
+
+def test_a_conversion_failure_names_the_file_and_what_still_exports():
+    from edgekit.workstation.config import ExportFormat, Quantization
+    from edgekit.workstation.export import conversion_error
+
+    error = RuntimeError("Traceback\n<unknown>:0: error: 'tfl.gelu' op is not supported in int8\nmore")
+    message = str(conversion_error(error, ExportFormat.TFLITE, Quantization.INT8))
+    assert "\n" not in message and message.startswith("model_int8.tflite: RuntimeError:")
+    assert "'tfl.gelu' op is not supported" in message
+    assert "--format onnx" in message and "--quantize none --quantize float16 --quantize dynamic" in message
+
+
+def test_a_model_of_any_input_size_takes_the_folders_size(tmp_path):
+    """Input [None, None, None, 3] (a GAP head): the export fixes the folder's own size."""
+    import keras
+
+    data = tmp_path / "data"
+    for name, shade in (("dark", 40), ("mid", 128), ("light", 220)):
+        for number in range(12):
+            path = data / name / f"{number}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            noise = np.random.default_rng(number).integers(-20, 20, (24, 24, 3))
+            Image.fromarray(np.clip(shade + noise, 0, 255).astype(np.uint8)).save(path)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(x)))
+    path = tmp_path / "any_size.keras"
+    model.save(path)
+    release = tmp_path / "release"
+    exported = run_cli("export", "--model", str(path), "--data", str(data), "--output-dir",
+                       str(release), "--format", "tflite", "--quantize", "none", "--no-explanations")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    manifest = json.loads((release / "manifest.json").read_text())
+    assert manifest["input"]["shape"] == [None, 24, 24, 3]
+    assert manifest["labels"] == ["dark", "light", "mid"]

@@ -17,7 +17,8 @@ from edgekit.cli.common import (
 
 @click.command()
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=DEFAULT_MODEL,
-              show_default=True, help="The trained model: a .keras file, a legacy .h5 file, or a SavedModel folder "
+              show_default=True,
+              help="The trained model: a .keras file, a legacy .h5 file, or a SavedModel folder "
                    "(also Keras' model.export() archive).")
 @click.option("--format", "export_format", type=click.Choice(["tflite", "onnx", "all"]),
               default="all", show_default=True)

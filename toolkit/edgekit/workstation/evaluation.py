@@ -12,7 +12,7 @@ from sklearn import metrics as sk_metrics
 
 from edgekit import errors, fileio
 from edgekit.device import datasets
-from edgekit.workstation import plots, training
+from edgekit.workstation import model_data, plots, training
 
 PREDICTION_GRID_SIZE = 32
 
@@ -128,7 +128,7 @@ def evaluate(model_path: Path, output_dir: Path,
              spec: datasets.DataSpec | None = None) -> dict[str, Any]:
     output_dir = fileio.ensure_dir(output_dir)
     model = load_keras_model(model_path)
-    dataset = training.data_for_model(Path(model_path), model, spec)
+    dataset = model_data.data_for_model(Path(model_path), model, spec)
     test = dataset.test
     LABELS = dataset.contract.labels  # noqa: N806 - the class names of this dataset
     started = time.perf_counter()

@@ -193,15 +193,18 @@ def _export_into(reference: reference_module.Reference, model_path: Path, output
     for export_format, quantization in pairs:
         started = time.perf_counter()
         name = artifact_name(export_format, quantization)
-        with quiet_native_output():
-            if export_format == ExportFormat.TFLITE:
-                payload = to_tflite(model, quantization, calibration, contract)
-            else:
-                if onnx_float is None:
-                    onnx_float = to_onnx(model, config.opset, contract)
-                proto = onnx_float if quantization == Quantization.NONE \
-                    else quantize_onnx(onnx_float, calibration)
-                payload = serialized(proto, PRECISION_NAMES[quantization], contract)
+        try:
+            with quiet_native_output():
+                if export_format == ExportFormat.TFLITE:
+                    payload = to_tflite(model, quantization, calibration, contract)
+                else:
+                    if onnx_float is None:
+                        onnx_float = to_onnx(model, config.opset, contract)
+                    proto = onnx_float if quantization == Quantization.NONE \
+                        else quantize_onnx(onnx_float, calibration)
+                    payload = serialized(proto, PRECISION_NAMES[quantization], contract)
+        except Exception as error:
+            raise conversion_error(error, export_format, quantization) from error
         fileio.write_bytes(staging / name, payload)
         seconds = time.perf_counter() - started
         entry = artifact_entry(staging / name, export_format, quantization, config, seconds)
@@ -209,6 +212,25 @@ def _export_into(reference: reference_module.Reference, model_path: Path, output
         artifacts.append(Artifact(name, export_format, quantization, seconds, len(payload)))
         echo(f"exported {output_dir / name} ({fileio.human_size(len(payload))}, {seconds:.1f} s)")
     return artifacts
+
+
+def conversion_error(error: Exception, export_format: ExportFormat,
+                     quantization: Quantization) -> errors.ExportError:
+    """One line: which file failed, the converter's own words, and what still exports."""
+    name = artifact_name(export_format, quantization)
+    if isinstance(error, errors.EdgekitError):
+        reason = str(error)
+    else:  # a converter's or the model's own exception: its most telling line
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        telling = [line for line in lines if "error:" in line.lower() or "not supported" in line]
+        reason = f"{name}: {type(error).__name__}: {(telling or lines or [''])[0][:300]}"
+    same_format = [other.value for other in SUPPORTED[export_format] if other != quantization]
+    hint = (f" The other formats may still convert: --format "
+            f"{'onnx' if export_format == ExportFormat.TFLITE else 'tflite'}")
+    if same_format:
+        hint += f", or --format {export_format.value} --quantize {' --quantize '.join(same_format)}"
+    return errors.ExportError(f"{reason.rstrip('.')}.{hint}. Nothing was written "
+                              "(EDGEKIT_DEBUG=1 shows the converter's log).")
 
 
 def artifact_entry(path: Path, export_format: ExportFormat, quantization: Quantization,

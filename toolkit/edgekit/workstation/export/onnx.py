@@ -62,9 +62,8 @@ def to_onnx(model: Any, opset: int, contract: InputContract) -> Any:
         proto, _ = tf2onnx.convert.from_function(
             function, input_signature=function.input_signature, opset=opset)
     except Exception as error:
-        raise errors.ExportError(
-            f"ONNX conversion failed: {str(error).splitlines()[0][:300]}. "
-            "`--format tflite` exports the TFLite files alone.") from error
+        raise errors.ExportError(f"ONNX conversion (tf2onnx) failed: "
+                                 f"{str(error).splitlines()[0][:300]}") from error
     fold_captured_inputs(proto, captured_constants(function))
     fold_flatten_transpose(proto)
     fold_input_scale(proto)

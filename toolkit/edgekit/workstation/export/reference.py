@@ -16,7 +16,7 @@ from typing import Any
 from edgekit import errors
 from edgekit.contract import InputContract
 from edgekit.device import datasets
-from edgekit.workstation import preprocessing, training
+from edgekit.workstation import model_data, preprocessing, training
 
 OUTPUTS = ("probabilities", "logits")
 SCALING_LAYERS = ("Rescaling", "Normalization")
@@ -35,22 +35,23 @@ class Reference:
         return {"input_range": self.input_range, "output": self.output, "wrapped": self.wrapped}
 
 
-def check_classifier(model: Any, path: Path) -> tuple[tuple[int, int, int], int]:
+def check_classifier(model: Any, path: Path) -> tuple[tuple[int | None, int | None, int], int]:
     """One NHWC image input of known size, one [N, classes] output — else one clear error."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise errors.ModelError(
             f"{path} has {len(model.inputs)} input(s) and {len(model.outputs)} output(s); edgekit "
             "exports image classifiers with one image input and one class output.")
     shape = tuple(model.inputs[0].shape[1:])
-    if len(shape) != 3 or None in shape or shape[-1] not in (1, 3):
+    if len(shape) != 3 or shape[-1] not in (1, 3):
         raise errors.ModelError(
             f"{path} takes input of shape {[None, *shape]}; edgekit exports image classifiers "
-            "taking [N, height, width, 1 or 3] (NHWC, a fixed size).")
+            "taking [N, height, width, 1 or 3] (NHWC; a height and width of None take the "
+            "dataset's size).")
     output = tuple(model.outputs[0].shape[1:])
     if len(output) != 1 or output[0] is None or output[0] < 2:
         raise errors.ModelError(
             f"{path} outputs shape {[None, *output]}, not [N, classes]: it is not a classifier.")
-    return (int(shape[0]), int(shape[1]), int(shape[2])), int(output[0])
+    return (shape[0], shape[1], int(shape[2])), int(output[0])
 
 
 def _first_layer_scales(model: Any) -> bool:
@@ -120,12 +121,13 @@ def prepare(model: Any, model_path: Path, spec: datasets.DataSpec | None,
             input_range = "0-255"
         else:
             raise _ask_for_input_range(model, model_path)
-    dataset = training.data_for_model(model_path, model, spec)
+    dataset = model_data.data_for_model(model_path, model, spec)
     if output is None:
         output = "probabilities" if _ends_in_softmax(model) or _returns_probabilities(
             model, dataset.test.images[:16], input_range) else "logits"
     scaling = preprocessing.preprocessing_layers(input_range, dataset.contract.channels)
-    wrapped = bool(scaling) or output == "logits"
+    any_size = None in tuple(model.inputs[0].shape[1:3])  # fixed here to the dataset's size
+    wrapped = bool(scaling) or output == "logits" or any_size
     if wrapped:
         inputs = keras.Input(shape=dataset.contract.shape, dtype="float32", name="pixels")
         x = inputs
