@@ -260,3 +260,16 @@ def test_a_model_of_any_input_size_takes_the_folders_size(tmp_path):
     manifest = json.loads((release / "manifest.json").read_text())
     assert manifest["input"]["shape"] == [None, 24, 24, 3]
     assert manifest["labels"] == ["dark", "light", "mid"]
+
+
+def test_a_lambda_layer_is_one_error_line_not_code_run(tmp_path):
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Flatten()(keras.layers.Lambda(lambda t: t / 255.0)(inputs))
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x)).save(path)
+    result = run_cli("export", "--model", str(path), "--output-dir", str(tmp_path / "out"))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert result.returncode == 1 and len(errors) == 1 and "Lambda layer" in errors[0]
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -51,6 +51,16 @@ def load_keras_model(path: Path) -> Any:
         with serialization_lib.SafeModeScope(False):
             return keras.models.load_model(path, safe_mode=False, compile=False)
     except Exception as error:  # Keras raises many types for a corrupt archive
+        if "safe_mode" in str(error) or "Lambda" in str(error):
+            raise errors.ModelError(
+                f"cannot load Keras model {path}: it holds a Lambda layer (Python code), which "
+                "Keras loads only with safe mode off, and edgekit does not run code from model "
+                "files. Rebuild it with built-in layers (e.g. Rescaling instead of a scaling "
+                "Lambda) and save it again.") from error
+        if "Could not locate" in str(error) or "Unknown layer" in str(error):
+            raise errors.ModelError(
+                f"cannot load Keras model {path}: {str(error).splitlines()[0][:200]}. It uses a "
+                "custom layer edgekit cannot import; rebuild it with built-in Keras layers.") from error
         raise errors.ModelError(
             f"cannot load Keras model {path}: {str(error).splitlines()[0][:200]}. "
             "The file is corrupt or not a Keras model; load it where it was trained and save it "
