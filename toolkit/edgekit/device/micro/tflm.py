@@ -118,6 +118,9 @@ class MicroModel(runtime.LoadedModel):
     def __init__(self, path: Path, threads: int | None, contract: InputContract | None,
                  arena_bytes: int | None = None) -> None:
         super().__init__(path, threads, contract)
+        if path.suffix.lower() != ".tflite":
+            raise errors.ModelError(f"{path.name}: TensorFlow Lite Micro runs int8 .tflite files; "
+                                    "use model_int8.tflite.")
         data = path.read_bytes()
         summary = flatbuffer.summarise(path, data)
         flatbuffer.require_integer_model(path, summary)
