@@ -146,5 +146,6 @@ def notes(results: list[verify.ArtifactResult]) -> list[str]:
     """The report's reminder under a table that holds TFLM rows."""
     if not any(row.nested_under for row in results):
         return []
-    return ["", f"Rows `@ {RUNTIME}` run the same file under TensorFlow Lite Micro's host build "
-                f"(its reference kernels). {report.PC_LATENCY_NOTE}"]
+    return ["", f"Rows `@ {RUNTIME}` run the same file under TensorFlow Lite Micro (the "
+                "tflite-micro package's host build of TFLM's interpreter and reference kernels, "
+                "one image per invoke); its speed on a PC says nothing about a microcontroller's."]

@@ -57,7 +57,8 @@ def find_model(release: Path) -> Path:
     manifest = manifest_module.load(release)
     for entry in manifest["artifacts"]:
         if entry.get("format") == "tflite" and entry.get("precision") == "int8":
-            return manifest_module.safe_file(release, entry["file"])
+            manifest_module.safe_file(release, entry["file"])  # inside the release, or an error
+            return release / entry["file"]
     raise errors.ModelError(f"{release}/manifest.json lists no int8 TFLite model; make one with "
                             "`edgekit export --format tflite --quantize int8`.")
 
