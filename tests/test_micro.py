@@ -78,6 +78,13 @@ def test_tflm_runs_the_int8_file_like_litert(exported):
     assert (ours.argmax(1) == golden["labels"]).mean() >= 0.9
 
 
+def test_parallel_workers_answer_as_one_interpreter(exported, monkeypatch):
+    images = np.load(exported / "golden.npz")["images"][:120]
+    model = runtime.load(INT8, runtime="tflite-micro")
+    monkeypatch.setattr(tflm, "PARALLEL_SHARE", 40)  # three child processes for 120 images
+    assert np.array_equal(model.predict_parallel(images, workers=3), model.predict(images))
+
+
 def test_arena_is_tflms_record_within_ten_percent_of_an_independent_run():
     measured = arena.measure(INT8)
     smallest = smallest_arena_tflm_accepts(INT8)

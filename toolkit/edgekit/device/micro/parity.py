@@ -2,25 +2,20 @@
 under TensorFlow Lite Micro, with the same measures and bars as every artifact.
 
 TFLM's host build runs one image per invoke on reference kernels (a few ms an image), so the
-test split is cut into chunks run by interpreters in parallel processes (spawned: a fork of a
-process that already runs ONNX Runtime's and LiteRT's thread pools is not safe). A row that
-cannot run — the package missing, an op TFLM lacks, an arena failure — is skipped with one
-warning line; a row that runs and misses a bar fails ``verify`` like any artifact. Its results
-nest under the artifact's own entry, in the manifest and in parity.json.
+test split is shared among interpreters in parallel child processes
+(``MicroModel.predict_parallel``). A row that cannot run — the package missing, an op TFLM
+lacks, an arena failure — is skipped with one warning line; a row that runs and misses a bar
+fails ``verify`` like any artifact. Its results nest under the artifact's own entry, in the
+manifest and in parity.json.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import multiprocessing
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from edgekit import errors
 from edgekit import manifest as manifest_module
@@ -32,41 +27,7 @@ if TYPE_CHECKING:
     from edgekit.device import verify
 
 RUNTIME = tflm.RUNTIME_NAME
-PARALLEL_FROM_IMAGES = 2000  # below this, starting processes costs more than it saves
-CHUNK_IMAGES = 500
-SKIPPED = ("warning: {what} skipped: {why} (`edgekit micro` shows TFLM's arena and ops; a row "
-           "that cannot run never fails verify)")
-
-_worker_model: tflm.MicroModel | None = None
-
-
-def _start_worker(path: str, contract: InputContract) -> None:
-    global _worker_model
-    _worker_model = tflm.MicroModel(Path(path), None, contract)
-
-
-def _predict_chunk(images: np.ndarray) -> np.ndarray:
-    if _worker_model is None:
-        raise RuntimeError("worker not started")
-    return _worker_model.predict(images)
-
-
-def predict(path: Path, contract: InputContract, images: np.ndarray,
-            workers: int | None = None) -> np.ndarray:
-    """TFLM's probabilities for ``images``, in parallel processes for a large set."""
-    workers = max(1, workers or os.cpu_count() or 1)
-    if workers == 1 or len(images) < PARALLEL_FROM_IMAGES:
-        return tflm.MicroModel(path, None, contract).predict(images)
-    chunks = [images[start:start + CHUNK_IMAGES] for start in range(0, len(images), CHUNK_IMAGES)]
-    context = multiprocessing.get_context("spawn")
-    try:
-        with concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=context, initializer=_start_worker,
-                initargs=(str(path), contract)) as pool:
-            return np.concatenate(list(pool.map(_predict_chunk, chunks)))
-    except concurrent.futures.process.BrokenProcessPool as error:
-        raise errors.ModelError(f"a TensorFlow Lite Micro worker ended abruptly on {path.name} "
-                                "(a crash in its C++ code)") from error
+SKIPPED = "warning: {what} skipped: {why}; a TFLM row that cannot run does not fail verify"
 
 
 def _row(folder: Path, entry: dict[str, Any], reference: verify.Reference,
@@ -79,7 +40,9 @@ def _row(folder: Path, entry: dict[str, Any], reference: verify.Reference,
                                        entry["format"], nested_under=entry["file"])
     started = time.perf_counter()
     record = arena.measure(path)  # also checks the file, its ops and that it is full-integer
-    outputs = predict(path, contract, reference.images, workers)  # type: ignore[arg-type]
+    model = tflm.MicroModel(path, None, contract)
+    outputs = model.predict_parallel(reference.images, workers)
+    model.interpreter = None  # free TFLM's arena before the next artifact
     row.measures = parity.measure(reference.probabilities, outputs, reference.labels, labels,
                                   reference.indices)
     row.measures["tflite_micro"] = {"version": tflm.version(), "arena_bytes": record.total_bytes,

@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,6 +33,22 @@ EXTENSION_MODULE = "tflite_micro.python.tflite_micro._runtime"
 # python_ops_resolver.cc) are the ``tflite::micro::Register_<OP>()`` functions linked into the
 # extension; the package has no Python getter for the list, so it is read from the binary's symbols.
 REGISTER_SYMBOL = re.compile(rb"_ZN6tflite5micro\d+Register_([A-Z0-9_]+)Ev")
+PARALLEL_SHARE = 1000  # images a worker process should get at least, to pay for its start
+# One worker of predict_parallel: argv = model path, scratch folder, share index; int8 in and out.
+WORKER = """
+import sys
+import numpy as np
+from tflite_micro.python.tflite_micro import runtime
+model, scratch, index = sys.argv[1:4]
+images = np.load(f"{scratch}/in{index}.npy")
+interpreter = runtime.Interpreter.from_file(model)
+outputs = []
+for start in range(len(images)):
+    interpreter.set_input(images[start:start + 1], 0)
+    interpreter.invoke()
+    outputs.append(np.array(interpreter.get_output(0)))
+np.save(f"{scratch}/out{index}.npy", np.concatenate(outputs))
+"""
 
 
 def available() -> bool:
@@ -131,6 +151,38 @@ class MicroModel(runtime.LoadedModel):
         self.output = tensor_info(summary.output)
         self._check_tensors()
         self._settle_contract(runtime._tflite_metadata(path))
+
+    def predict_parallel(self, pixels: Any, workers: int | None = None) -> np.ndarray:
+        """``predict`` over ``workers`` child processes (default: one per core) for a large set.
+
+        Each child runs TFLM's interpreter on its share (a script that imports only TFLM and
+        numpy, so nothing of the caller's program is re-run, unlike multiprocessing's spawn).
+        """
+        images = runtime.check_pixels(pixels, self.contract.shape)
+        workers = min(max(1, workers or os.cpu_count() or 1), len(images) // PARALLEL_SHARE or 1)
+        if workers == 1:
+            return self.predict(images)
+        shares = np.array_split(self._prepare(images), workers)
+        with tempfile.TemporaryDirectory(prefix="edgekit-tflm-") as scratch:
+            children = []
+            try:
+                for index, share in enumerate(shares):
+                    np.save(Path(scratch) / f"in{index}.npy", share)
+                    children.append(subprocess.Popen(
+                        [sys.executable, "-c", WORKER, str(self.path), scratch, str(index)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+                for child in children:
+                    _, log = child.communicate()
+                    if child.returncode != 0:
+                        raise errors.ModelError(describe_failure(
+                            self.path, f"a worker ended with exit code {child.returncode}", log, None))
+                outputs = [np.load(Path(scratch) / f"out{index}.npy") for index in range(workers)]
+            finally:
+                for child in children:
+                    if child.poll() is None:
+                        child.kill()
+                        child.wait()
+        return runtime.dequantize(np.concatenate(outputs), self.output)
 
     def _run(self, images: np.ndarray) -> np.ndarray:
         prepared = self._prepare(images)
