@@ -106,6 +106,7 @@ def write(directory: Path, model_path: Path, report: dict[str, Any]) -> list[Pat
         return targets
     except OSError as error:
         raise errors.EdgekitError(f"cannot write the C array into {directory}: "
-                                  f"{error.strerror or error}; nothing was replaced.") from error
+                                  f"{error.strerror or error}. Free space or choose another folder "
+                                  "and rerun; a file already there is whole (old or new).") from error
     finally:
         shutil.rmtree(staging, ignore_errors=True)
