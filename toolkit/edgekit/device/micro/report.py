@@ -77,9 +77,10 @@ def build(release: Path, margin_percent: float = DEFAULT_MARGIN_PERCENT,
           arena_bytes: int | None = None) -> dict[str, Any]:
     """Everything ``edgekit micro`` prints, as one JSON-ready dict."""
     path = find_model(release)
-    model = runtime.load(path, runtime=tflm.RUNTIME_NAME)  # sha256, contract, ops, integer check
-    summary: flatbuffer.ModelSummary = model.summary  # type: ignore[attr-defined]
+    # First in a child process: a file that crashes TFLM's C++ code ends the child, not us.
     record = arena.measure(path, arena_bytes)
+    model = runtime.load(path, runtime=tflm.RUNTIME_NAME)  # sha256 against the manifest, contract
+    summary: flatbuffer.ModelSummary = model.summary  # type: ignore[attr-defined]
     flash, ram = with_margin(summary.bytes, margin_percent), with_margin(record.total_bytes,
                                                                          margin_percent)
     supported = tflm.supported_ops()
