@@ -3,12 +3,12 @@
 # and Debian's chromium for the browser test of `edgekit serve`.
 # Safe to run again: reuses the environment while pyproject.toml is unchanged.
 #   EDGEKIT_VENV   where the virtual environment lives (default: .venv in the repository)
-#   EDGEKIT_EXTRAS which extras to install (default: train,dev,serve)
+#   EDGEKIT_EXTRAS which extras to install (default: train,dev,serve,micro)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${EDGEKIT_VENV:-$ROOT/.venv}"
-EXTRAS="${EDGEKIT_EXTRAS:-train,dev,serve}"
+EXTRAS="${EDGEKIT_EXTRAS:-train,dev,serve,micro}"
 PYTHON="${PYTHON:-python3}"
 
 say() { printf '[setup] %s\n' "$*"; }

@@ -25,6 +25,7 @@ from edgekit.cli import (  # noqa: E402
     evaluate,
     explain,
     export,
+    micro,
     predict,
     serve,
     train,
@@ -54,7 +55,7 @@ def main() -> None:
 
 for command in (data_cmd.data_command, train.train, train.tune, evaluate.evaluate,
                 export.export, predict.predict, verify.verify, benchmark.benchmark, serve.serve,
-                explain.explain):
+                explain.explain, micro.micro):
     main.add_command(command)
 
 INTERRUPTED = ("Error: interrupted. Files already written are complete; an interrupted "

@@ -19,16 +19,22 @@ from edgekit.cli.common import DEFAULT_DEVICE_MODEL, friendly_errors
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None)
 @click.option("--no-verify-sha256", is_flag=True, help="Run a file that differs from its manifest.")
+@click.option("--runtime", "runtime_name", type=click.Choice(["default", "tflite-micro"]),
+              default="default", show_default=True,
+              help="tflite-micro: run an int8 .tflite under TensorFlow Lite Micro (edgekit[micro]).")
+@click.option("--verbose", is_flag=True, help="Show the runtimes' own log lines (LiteRT's INFO, ...).")
 @friendly_errors
 def predict(images: tuple[Path, ...], model_path: Path, top_k: int, as_json: bool,
-            threads: int | None, no_verify_sha256: bool) -> None:
+            threads: int | None, no_verify_sha256: bool, runtime_name: str, verbose: bool) -> None:
     """Classify image files (PNG, JPEG, BMP, GIF, ...) with an exported model; no TensorFlow."""
     import numpy as np
 
     from edgekit.device import images as images_module
-    from edgekit.device import runtime
+    from edgekit.device import quiet, runtime
 
-    model = runtime.load(model_path, threads=threads, verify_sha256=not no_verify_sha256)
+    quiet.set_verbose(verbose)
+    model = runtime.load(model_path, threads=threads, verify_sha256=not no_verify_sha256,
+                         runtime=runtime_name)
     prepared = [images_module.prepare(path, model.contract) for path in images]
     probabilities = model.predict(np.stack([item.pixels for item in prepared]))
     results: list[dict[str, Any]] = []

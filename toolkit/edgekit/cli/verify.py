@@ -67,7 +67,9 @@ def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | Non
     if explained is not None and not explained.passed:
         raise click.ClickException(explain.failure_message(explained))
     written = "" if (no_write or golden) else f"; wrote {folder}/reports/parity.json and parity.md"
-    click.echo(f"all {len(results)} artifacts pass parity ({seconds:.1f} s{written})")
+    nested = sum(result.nested_under is not None for result in results)
+    rows = f", with {nested} TFLM row{'s' * (nested != 1)}" if nested else ""
+    click.echo(f"all {len(results) - nested} artifacts pass parity{rows} ({seconds:.1f} s{written})")
     click.echo(f"Next: edgekit benchmark {folder}")
 
 

@@ -28,6 +28,7 @@ from edgekit import contract as contract_module
 from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
 from edgekit.contract import InputContract
+from edgekit.device import quiet
 
 TFLITE_MAGIC = b"TFL3"
 DEFAULT_BATCH_SIZE = 256
@@ -43,9 +44,8 @@ class TensorInfo:
 
     def to_dict(self) -> dict[str, Any]:
         payload: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": self.shape}
-        if self.scale is not None:
-            payload["quantization"] = {"scale": self.scale, "zero_point": self.zero_point}
-        return payload
+        quantized = {"quantization": {"scale": self.scale, "zero_point": self.zero_point}}
+        return payload if self.scale is None else payload | quantized
 
 
 def check_pixels(pixels: Any, shape: tuple[int, int, int]) -> np.ndarray:
@@ -220,8 +220,9 @@ class OnnxRuntimeModel(LoadedModel):
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
-            self.session = onnxruntime.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"])
+            with quiet.native_stderr():
+                self.session = onnxruntime.InferenceSession(
+                    str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as error:  # ORT raises its own Fail/InvalidGraph/... types
             raise errors.ModelError(
                 f"ONNX Runtime cannot load {path}: {_first_line(error)}. The file is corrupt or "
@@ -267,11 +268,12 @@ class LiteRTModel(LoadedModel):
                     else litert.OpResolverType.AUTO)
         try:
             # LiteRT runs one thread unless told otherwise; use the machine like ONNX Runtime does.
-            self.interpreter = litert.Interpreter(
-                model_path=str(path), num_threads=threads or os.cpu_count() or 1,
-                experimental_op_resolver_type=resolver,
-                experimental_default_delegate_latest_features=xnnpack == "latest")
-            self.interpreter.allocate_tensors()
+            with quiet.native_stderr():  # its "INFO: Created ... XNNPACK delegate" line
+                self.interpreter = litert.Interpreter(
+                    model_path=str(path), num_threads=threads or os.cpu_count() or 1,
+                    experimental_op_resolver_type=resolver,
+                    experimental_default_delegate_latest_features=xnnpack == "latest")
+                self.interpreter.allocate_tensors()
         except Exception as error:  # LiteRT raises ValueError/RuntimeError for bad files
             raise errors.ModelError(
                 f"LiteRT cannot load {path}: {_first_line(error)}. The file is corrupt or not a "
@@ -301,13 +303,15 @@ class LiteRTModel(LoadedModel):
 
 
 RUNTIMES: dict[str, type[LoadedModel]] = {".onnx": OnnxRuntimeModel, ".tflite": LiteRTModel}
+RUNTIME_CHOICES = ("default", "tflite-micro")  # the latter: TFLM's host build, edgekit[micro]
 
 
 def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256: bool = True,
-         xnnpack: str = "default",
-         check_graph: Callable[[Path], None] | None = None) -> LoadedModel:
+         xnnpack: str = "default", check_graph: Callable[[Path], None] | None = None,
+         runtime: str = "default") -> LoadedModel:
     """Load an exported model; check its sha256 against the manifest beside it, if listed.
 
+    ``runtime``: "default" (ONNX Runtime, LiteRT) or "tflite-micro" (for an int8 .tflite).
     ``threads``: intra-op threads (default: the runtime's choice, all cores).
     ``xnnpack`` (LiteRT only): "default", "latest" (all of XNNPACK's flag-protected
     features, e.g. more int8 kernels) or "off" (LiteRT's builtin kernels only).
@@ -325,6 +329,8 @@ def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256
     runtime_class = RUNTIMES.get(path.suffix.lower())
     if runtime_class is None:
         raise errors.ModelError(_unknown_format(path))
+    if runtime not in RUNTIME_CHOICES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIME_CHOICES)}")
     _check_file_kind(path)
     contract = None
     entry = manifest_entry(path)
@@ -343,6 +349,9 @@ def load(path: str | os.PathLike[str], threads: int | None = None, verify_sha256
         raise ValueError("threads must be at least 1")
     if check_graph is not None:
         check_graph(path)
+    if runtime == "tflite-micro":
+        from edgekit.device.micro import tflm
+        return tflm.MicroModel(path, threads, contract)
     if runtime_class is LiteRTModel:
         return LiteRTModel(path, threads, contract, xnnpack=xnnpack)
     return runtime_class(path, threads, contract)

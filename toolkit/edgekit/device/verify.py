@@ -21,6 +21,7 @@ from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
 from edgekit.contract import InputContract
 from edgekit.device import datasets, parity, runtime
+from edgekit.device.micro import parity as micro_parity
 
 REPORT_JSON = "parity.json"
 REPORT_MARKDOWN = "parity.md"
@@ -44,6 +45,7 @@ class ArtifactResult:
     checks: list[parity.Check] = dataclasses.field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    nested_under: str | None = None  # the artifact this row runs under another runtime (TFLM)
 
     @property
     def passed(self) -> bool:
@@ -140,6 +142,7 @@ def verify(folder: Path, bars: dict[str, parity.Bar], golden: bool = False,
         result.seconds = time.perf_counter() - started
         echo(f"  {'✓' if result.passed else '✗'} {result.file} ({result.seconds:.1f} s)")
         results.append(result)
+    results += micro_parity.rows(folder, manifest, reference, bars, threads, echo)
     if write:
         write_reports(folder, manifest, results, bars, reference.source)
     return results
@@ -163,19 +166,20 @@ def _cell(cells: dict[str, parity.Check], name: str) -> str:
 
 def table(results: list[ArtifactResult]) -> list[str]:
     """The parity table: measured value beside each bar, ✓/✗ per bar and per artifact."""
-    header = (f"| {'artifact':<20} | {'accuracy':>8} | {'agreement (bar)':>21} | "
+    width = max([20] + [len(result.file) for result in results])  # "<file> @ tflite-micro" rows
+    header = (f"| {'artifact':<{width}} | {'accuracy':>8} | {'agreement (bar)':>21} | "
               f"{'max Δp (bar)':>22} | {'mean Δp':>9} | {'acc. drop (bar)':>22} | "
               f"{'flips':>5} | {'McNemar p':>9} | ok |")
     lines = [header, "|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|"]
     for result in results:
         if result.measures is None:
-            lines.append(f"| {result.file:<20} | error: {result.error} |")
+            lines.append(f"| {result.file:<{width}} | error: {result.error} |")
             continue
         cells = {check.measure: check for check in result.checks}
         cell = functools.partial(_cell, cells)
         measures = result.measures
         lines.append(
-            f"| {result.file:<20} | {measures['accuracy']:>8.2%} | {cell('agreement_percent'):>21} | "
+            f"| {result.file:<{width}} | {measures['accuracy']:>8.2%} | {cell('agreement_percent'):>21} | "
             f"{cell('max_abs_diff'):>22} | {measures['mean_abs_diff']:>9.1e} | "
             f"{cell('accuracy_drop_pp'):>22} | {len(measures['flips']):>5} | "
             f"{measures['mcnemar']['p_value']:>9.3f} | {'✓' if result.passed else '✗'}  |")
@@ -202,9 +206,10 @@ def write_reports(folder: Path, manifest: dict[str, Any], results: list[Artifact
             {"file": r.file, "format": r.format, "precision": r.precision, "passed": r.passed,
              "error": r.error, "measures": r.measures,
              "checks": [dataclasses.asdict(check) for check in r.checks]}
-            for r in results
+            for r in results if r.nested_under is None
         ],
     }
+    micro_parity.nest(payload, manifest, results, source)
     fileio.write_json(reports / REPORT_JSON, payload)
     fileio.write_text(reports / REPORT_MARKDOWN, markdown(results, source))
     for result in results:
@@ -233,7 +238,7 @@ def markdown(results: list[ArtifactResult], source: str) -> str:
     lines = [f"# Parity against the Keras reference ({source})", "",
              "Bars in brackets; ✓ passed, ✗ failed, ⚠ passed but the sample is too small to "
              "show the bar is met (95 % Wilson interval). Produced by `edgekit verify`.", ""]
-    lines += table(results)
+    lines += table(results) + micro_parity.notes(results)
     notes = warnings(results)
     if notes:
         lines += [""] + [f"- {note.removeprefix('warning: ')}" for note in notes]
