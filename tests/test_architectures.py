@@ -47,6 +47,7 @@ def test_mobilenet_v3_small_exports_verifies_and_predicts(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.families
 @pytest.mark.parametrize("family", ["mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0",
                                     "efficientnet_v2_b0", "resnet50", "resnet50_v2",
                                     "densenet121", "vgg16", "convnext_tiny"])
