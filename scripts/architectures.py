@@ -121,6 +121,7 @@ def run_family(family: str, work: Path, size: int = 32, epochs: int = 3,
         "agreement": (entry.get("metrics") or {}).get("agreement"),
         "accuracy": (entry.get("metrics") or {}).get("accuracy"),
         "passed": (entry.get("metrics") or {}).get("parity_passed"),
+        "max_abs_diff": (entry.get("metrics") or {}).get("max_abs_diff"),
     } for entry in manifest["artifacts"]}
     # predict --json on each artifact, one test image; the fp32 TFLite top-1 must be Keras' own.
     image = data / manifest["dataset"]["files"]["test"][manifest["labels"][0]][0]
@@ -139,15 +140,52 @@ def run_family(family: str, work: Path, size: int = 32, epochs: int = 3,
     return record
 
 
+def markdown(records: list[dict[str, Any]]) -> str:
+    """The table docs/own-data.md shows, from the records."""
+    def size(record: dict[str, Any], name: str) -> str:
+        entry = record.get("artifacts", {}).get(name)
+        return f"{entry['bytes'] / 2**20:.1f}" if entry else "—"
+
+    def agreement(record: dict[str, Any], name: str) -> str:
+        entry = record.get("artifacts", {}).get(name) or {}
+        value = entry.get("agreement")
+        return "—" if value is None else f"{value:.0%}" + ("" if entry.get("passed") else " ✗")
+
+    rows = ["| family | input range | parameters | export s | verify s | fp32 / int8 TFLite MB "
+            "| test accuracy (fp32 TFLite) "
+            "| agreement fp32 · fp16 · dynamic · int8 TFLite · fp32 · int8 ONNX "
+            "| predict: fp32 TFLite = Keras |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for record in records:
+        if record.get("export_exit") != 0:
+            rows.append(f"| {record['family']} | {record['input_range']} | "
+                        f"{record['parameters']:,} | {record['export_seconds']} | export failed: "
+                        f"{record['export_output'].strip().splitlines()[-1][:120]} | | | | |")
+            continue
+        agreements = " · ".join(agreement(record, name) for name in ARTIFACTS)
+        same = record["predict"]["model_fp32.tflite"] == record["keras_top1"]
+        rows.append(f"| {record['family']} | {record['input_range']} | {record['parameters']:,} | "
+                    f"{record['export_seconds']} | {record['verify_seconds']} | "
+                    f"{size(record, 'model_fp32.tflite')} / {size(record, 'model_int8.tflite')} | "
+                    f"{record['artifacts']['model_fp32.tflite']['accuracy']:.0%} | {agreements} | "
+                    f"{'yes' if same else 'NO'} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default="all", help="comma-separated, or all")
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--work", type=Path, default=Path("runs/architectures"))
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="print the table of an earlier --output file and stop")
     parser.add_argument("--no-explanations", action="store_true",
                         help="export without the explanation reference (conversions only)")
     arguments = parser.parse_args()
+    if arguments.markdown:
+        print(markdown(json.loads(arguments.markdown.read_text())))
+        return
     families = list(FAMILIES) if arguments.families == "all" else arguments.families.split(",")
     records = []
     for family in families:
