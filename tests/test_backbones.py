@@ -11,7 +11,7 @@ import pytest
 
 from conftest import requires_tensorflow, run_cli
 from edgekit.cli import main as cli_main
-from edgekit.contract import FASHION_MNIST
+from edgekit.contract import FASHION_MNIST, InputContract, default_preparation, placeholder_labels
 from edgekit.workstation.backbones import registry
 from edgekit.workstation.config import Architecture, TrainConfig
 
@@ -173,6 +173,59 @@ def test_imagenet_download_failure_is_one_error(monkeypatch):
     config = TrainConfig.for_architecture("mobilenet_v3_small", epochs=2)
     with pytest.raises(errors.ModelError, match="--weights PATH .* or --weights none"):
         models.build(config, FASHION_MNIST)
+
+
+RGB32 = InputContract(height=32, width=32, channels=3, labels=placeholder_labels(4),
+                      preparation=default_preparation(3))
+
+
+def fake_imagenet_download(monkeypatch, tmp_path: Path, family: registry.Family) -> None:
+    """Keras' ImageNet download, answered offline with a weights file of the family (default
+    constructor arguments, random weights; a Normalization gets ImageNet-like statistics)."""
+    import keras
+
+    constructor = getattr(keras.applications, family.constructor)
+    model = constructor(input_shape=(32, 32, 3), include_top=False, weights=None)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Normalization) and layer.weights:
+            layer.adapt_mean.assign(np.asarray([0.485, 0.456, 0.406], np.float32))
+            layer.adapt_variance.assign(np.asarray([0.229, 0.224, 0.225], np.float32) ** 2)
+    path = tmp_path / f"{family.name}-imagenet.weights.h5"
+    model.save_weights(path)
+    monkeypatch.setattr("keras.src.utils.file_utils.get_file", lambda *args, **kwargs: str(path))
+
+
+def assert_features_equal_keras_own_model(name: str, monkeypatch, tmp_path: Path) -> None:
+    """The fine-tuning model's pooled features of raw pixels equal Keras' own ImageNet model's
+    of ``keras.applications.<module>.preprocess_input(pixels)`` (Keras' default arguments)."""
+    import keras
+
+    from edgekit.workstation import models
+
+    family = registry.family(name)
+    fake_imagenet_download(monkeypatch, tmp_path, family)
+    config = TrainConfig.for_architecture(name, weights="imagenet", epochs=2)
+    model = models.build(config, RGB32)
+    features = keras.Model(model.inputs, model.get_layer("pooling").output)
+    keras_own = getattr(keras.applications, family.constructor)(
+        input_shape=(32, 32, 3), include_top=False, weights="imagenet", pooling="avg")
+    pixels = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    preprocess = getattr(keras.applications, family.module).preprocess_input
+    expected = np.asarray(keras_own(preprocess(pixels.copy())))
+    got = np.asarray(features(pixels))
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * float(np.abs(expected).max()))
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "efficientnet_b0"])
+def test_imagenet_weights_and_preprocessing_match_keras(name, monkeypatch, tmp_path):
+    assert_features_equal_keras_own_model(name, monkeypatch, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [name for name in registry.FAMILIES
+                                  if name not in ("mobilenet_v3_small", "efficientnet_b0")])
+def test_every_family_matches_keras_with_imagenet_weights(name, monkeypatch, tmp_path):
+    assert_features_equal_keras_own_model(name, monkeypatch, tmp_path)
 
 
 @pytest.mark.slow

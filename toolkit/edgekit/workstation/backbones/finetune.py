@@ -29,8 +29,8 @@ import keras
 import numpy as np
 
 from edgekit import errors
-from edgekit.workstation import checkpoints, distribute, training
 from edgekit.contract import InputContract
+from edgekit.workstation import checkpoints, distribute, training
 from edgekit.workstation.backbones import preprocessing, registry
 from edgekit.workstation.config import TrainConfig
 
@@ -127,14 +127,33 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
 
 
 def _copy_weights(source: keras.Model, layers: list[keras.layers.Layer]) -> None:
-    """The source backbone's weights into the same constructor's layers, layer by layer."""
+    """The source backbone's weights into the same constructor's layers, layer by layer.
+
+    Keras builds EfficientNet (V1) with one more layer when ``weights="imagenet"``: a
+    ``Rescaling`` by ``1/sqrt(stddev)`` after its ``Normalization`` (keras-team/keras, the
+    comment at efficientnet.py's stem). The model here is built with ``weights=None``, so that
+    division is folded into the copied normalisation's variance — the same arithmetic.
+    """
     sources = [layer for layer in source.layers if layer.weights]
     targets = [layer for layer in layers if layer.weights]
-    if len(sources) != len(targets):
-        raise errors.ModelError(f"internal: {len(sources)} weighted backbone layers, "
-                                f"{len(targets)} in the model")
+    kinds = [type(layer).__name__ for layer in sources]
+    if kinds != [type(layer).__name__ for layer in targets]:
+        raise errors.ModelError(f"internal: the backbone built twice differs ({len(sources)} "
+                                f"and {len(targets)} layers with weights)")
     for origin, target in zip(sources, targets, strict=True):
         target.set_weights(origin.get_weights())
+        if isinstance(target, keras.layers.Normalization):
+            target.finalize_state()  # it reads its mean and variance from here
+    scalings = [layer for layer in source.layers if isinstance(layer, keras.layers.Rescaling)]
+    present = sum(isinstance(layer, keras.layers.Rescaling) for layer in layers)
+    normalizations = [layer for layer in targets if isinstance(layer, keras.layers.Normalization)]
+    for extra in scalings[present:]:
+        if len(normalizations) != 1:
+            raise errors.ModelError("internal: an extra Rescaling with nothing to fold it into")
+        scale = np.asarray(extra.scale, dtype=np.float32)
+        normalization = normalizations[0]
+        normalization.adapt_variance.assign(np.asarray(normalization.adapt_variance) / scale ** 2)
+        normalization.finalize_state()
 
 
 def set_phase(model: keras.Model, family: registry.Family, phase: str) -> list[str]:

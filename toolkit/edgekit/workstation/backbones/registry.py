@@ -24,6 +24,7 @@ MODES = ("tf", "caffe", "torch", "none")
 @dataclasses.dataclass(frozen=True)
 class Family:
     name: str
+    module: str  # keras.applications.<module>: its preprocess_input is the family's own
     constructor: str  # an attribute of keras.applications
     preprocessing: str  # one of MODES: what the ImageNet weights expect of 0..255 RGB pixels
     min_size: int  # the constructor's smallest input side (include_top=False)
@@ -47,22 +48,22 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (
-    Family("mobilenet_v2", "MobileNetV2", "tf", 32, "block_14_",
+    Family("mobilenet_v2", "mobilenet_v2", "MobileNetV2", "tf", 32, "block_14_",
            note="ImageNet weights exist for 96-224; other sizes load the 224 weights"),
-    Family("mobilenet_v3_small", "MobileNetV3Small", "none", 32, "expanded_conv_9_",
+    Family("mobilenet_v3_small", "mobilenet_v3", "MobileNetV3Small", "none", 32, "expanded_conv_9_",
            note="own Rescaling to -1..1 (include_preprocessing)"),
-    Family("mobilenet_v3_large", "MobileNetV3Large", "none", 32, "expanded_conv_12_",
+    Family("mobilenet_v3_large", "mobilenet_v3", "MobileNetV3Large", "none", 32, "expanded_conv_12_",
            note="own Rescaling to -1..1 (include_preprocessing)"),
-    Family("efficientnet_b0", "EfficientNetB0", "none", 32, "block7a_",
+    Family("efficientnet_b0", "efficientnet", "EfficientNetB0", "none", 32, "block7a_",
            note="own Rescaling and Normalization (cannot be switched off in Keras)"),
-    Family("efficientnet_v2_b0", "EfficientNetV2B0", "torch", 32, "block6f_",
+    Family("efficientnet_v2_b0", "efficientnet_v2", "EfficientNetV2B0", "torch", 32, "block6f_",
            (("include_preprocessing", False),),
            note="Keras' in-model preprocessing is the torch mode; edgekit's layer replaces it"),
-    Family("resnet50", "ResNet50", "caffe", 32, "conv5_block1_"),
-    Family("resnet50_v2", "ResNet50V2", "tf", 32, "conv5_block1_"),
-    Family("densenet121", "DenseNet121", "torch", 32, "conv5_block9_"),
-    Family("vgg16", "VGG16", "caffe", 32, "block5_conv1"),
-    Family("convnext_tiny", "ConvNeXtTiny", "torch", 32, "convnext_tiny_stage_3_",
+    Family("resnet50", "resnet", "ResNet50", "caffe", 32, "conv5_block1_"),
+    Family("resnet50_v2", "resnet_v2", "ResNet50V2", "tf", 32, "conv5_block1_"),
+    Family("densenet121", "densenet", "DenseNet121", "torch", 32, "conv5_block9_"),
+    Family("vgg16", "vgg16", "VGG16", "caffe", 32, "block5_conv1"),
+    Family("convnext_tiny", "convnext", "ConvNeXtTiny", "torch", 32, "convnext_tiny_stage_3_",
            (("include_preprocessing", False),),
            note="Keras' in-model preprocessing is the torch mode; edgekit's layer replaces it"),
 )}
