@@ -19,7 +19,7 @@ WEIGHTS_HELP = ("A backbone's starting weights: imagenet (Keras' download), none
 
 
 @click.command()
-@click.option("--arch", "architecture", type=click.Choice(registry.ARCHITECTURES),
+@click.option("--arch", "architecture", type=click.Choice(registry.ARCHITECTURES), metavar="NAME",
               default="reference", show_default=True, help=ARCH_HELP)
 @click.option("--epochs", type=int, default=None,
               help="Maximum epochs (default: the recipe's); a backbone's in all, half of them "
@@ -199,6 +199,7 @@ def _given_options(context: click.Context, skip: tuple[str, ...]) -> list[str]:
 
 @click.command()
 @click.option("--arch", "architecture", type=click.Choice(registry.ARCHITECTURES), default="edge",
+              metavar="NAME",
               show_default=True, help=ARCH_HELP)
 @click.option("--weights", default=None, metavar="imagenet|PATH|none", help=WEIGHTS_HELP)
 @click.option("--method", type=click.Choice(["bayesian", "hyperband"]), default="bayesian",
@@ -240,4 +241,6 @@ def tune(architecture: str, weights: str | None, method: str, max_trials: int,
     click.echo(f"best: trial {result['best']['trial']}, validation accuracy "
                f"{result['best']['val_accuracy']:.2%}; wrote {output_dir}/trials.json, trials.md")
     data_hint = "" if spec.is_fashion_mnist else f" --data {data}"
-    click.echo(f"Next: edgekit train --config {result['best_config_path']} --epochs 40{data_hint}")
+    epochs_hint = ("--head-epochs 5 --fine-tune-epochs 5" if registry.is_backbone(architecture)
+                   else "--epochs 40")
+    click.echo(f"Next: edgekit train --config {result['best_config_path']} {epochs_hint}{data_hint}")
