@@ -10,13 +10,28 @@ from typing import Any
 import click
 
 from edgekit.cli.common import config_or_bad_parameter, data_option, data_spec, friendly_errors
+from edgekit.workstation.backbones import registry
+
+ARCH_HELP = ("reference: the notebook's CNN; edge: compact int8-friendly residual CNN; or a Keras "
+             "Applications backbone to fine-tune (" + ", ".join(registry.FAMILIES) + ").")
+WEIGHTS_HELP = ("A backbone's starting weights: imagenet (Keras' download), none (random), or a "
+                "weights file saved from the same family [default: imagenet].")
 
 
 @click.command()
-@click.option("--arch", "architecture", type=click.Choice(["reference", "edge"]), default="reference",
-              show_default=True,
-              help="reference: the notebook's CNN; edge: compact int8-friendly residual CNN.")
-@click.option("--epochs", type=int, default=None, help="Maximum epochs (default: the recipe's).")
+@click.option("--arch", "architecture", type=click.Choice(registry.ARCHITECTURES), metavar="NAME",
+              default="reference", show_default=True, help=ARCH_HELP)
+@click.option("--epochs", type=int, default=None,
+              help="Maximum epochs (default: the recipe's); a backbone's in all, half of them "
+                   "for the head unless --head-epochs says.")
+@click.option("--weights", default=None, metavar="imagenet|PATH|none", help=WEIGHTS_HELP)
+@click.option("--head-epochs", type=int, default=None,
+              help="A backbone's phase 1: epochs training the head on the frozen backbone.")
+@click.option("--fine-tune-epochs", type=int, default=None,
+              help="A backbone's phase 2: epochs with its top blocks unfrozen (sets --epochs to "
+                   "head + fine-tune epochs).")
+@click.option("--fine-tune-learning-rate", "--fine-tune-lr", "fine_tune_learning_rate", type=float,
+              default=None, help="A backbone's phase 2 learning rate (recipe: 1e-4).")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--learning-rate", type=float, default=None)
 @click.option("--patience", type=int, default=None,
@@ -43,7 +58,7 @@ from edgekit.cli.common import config_or_bad_parameter, data_option, data_spec, 
 @data_option
 @click.option("--image-size", default=None, metavar="H[xW]",
               help="A folder dataset's model input size (default: its most common image size, "
-                   "at most 224).")
+                   "at most 224; for a backbone, the family's smallest: 32).")
 @click.option("--color-mode", type=click.Choice(["grayscale", "rgb"]), default=None,
               help="A folder dataset's colour (default: RGB unless every image is grey).")
 @click.option("--strategy", type=click.Choice(["default", "mirrored", "multi-worker"]),
@@ -56,7 +71,9 @@ from edgekit.cli.common import config_or_bad_parameter, data_option, data_spec, 
 @click.option("--cluster-timeout", type=click.FloatRange(1, 3600), default=60.0, show_default=True,
               help="Multi-worker: seconds to wait for every worker of TF_CONFIG to answer.")
 @friendly_errors
-def train(architecture: str, epochs: int | None, batch_size: int | None,
+def train(architecture: str, epochs: int | None, weights: str | None, head_epochs: int | None,
+          fine_tune_epochs: int | None, fine_tune_learning_rate: float | None,
+          batch_size: int | None,
           learning_rate: float | None, patience: int | None, seed: int | None,
           validation_fraction: float | None, augment: bool | None, limit: int | None,
           ema_decay: float | None, teacher: Path | None, config_file: Path | None,
@@ -78,15 +95,23 @@ def train(architecture: str, epochs: int | None, batch_size: int | None,
             raise click.BadParameter(f"cannot read {config_file}: {error}",
                                      param_hint="--config") from None
         architecture = overrides.pop("architecture", architecture)
+    fine_tuning = _fine_tuning(architecture, epochs, weights, head_epochs, fine_tune_epochs,
+                               fine_tune_learning_rate)
     overrides.update({key: value for key, value in dict(
-        epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
+        batch_size=batch_size, learning_rate=learning_rate, patience=patience,
         seed=seed, validation_fraction=validation_fraction, augment=augment,
         limit=limit, ema_decay=ema_decay,
-        teacher=None if teacher is None else str(teacher.resolve())).items() if value is not None})
+        teacher=None if teacher is None else str(teacher.resolve()),
+        **fine_tuning).items() if value is not None})
     try:
         config = TrainConfig.for_architecture(architecture, **overrides)
     except (ValueError, TypeError) as error:
         raise click.BadParameter(str(error)) from None
+    from edgekit.device import datasets
+
+    if registry.is_backbone(architecture) and image_size is None and not datasets.is_fashion_mnist(data):
+        size = registry.family(architecture).default_size  # Fashion-MNIST: upscaled in-graph
+        image_size = f"{size}x{size}"
     spec = data_spec(data, skip_bad_images, image_size, color_mode)
     if local_workers is not None:  # options checked once, here, before N workers start
         _run_local_cluster(click.get_current_context(), local_workers, strategy)
@@ -111,6 +136,29 @@ def train(architecture: str, epochs: int | None, batch_size: int | None,
     click.echo(f"saved {model_path} ({record['parameters']:,} parameters; {which}, validation "
                f"accuracy {record['validation_accuracy']:.2%}, {record['train_seconds']:.0f} s)")
     click.echo(f"Next: edgekit evaluate --model {model_path}")
+
+
+def _fine_tuning(architecture: str, epochs: int | None, weights: str | None,
+                 head_epochs: int | None, fine_tune_epochs: int | None,
+                 fine_tune_learning_rate: float | None) -> dict[str, Any]:
+    """The fine-tuning options as TrainConfig fields (a bad weights path: one Error line)."""
+    if weights is not None:
+        weights = weights if weights in ("imagenet", "none") else str(Path(weights).resolve())
+        registry.check_weights(weights)
+    if fine_tune_epochs is not None and registry.is_backbone(architecture):
+        from edgekit.workstation.config import BACKBONE_RECIPE
+
+        head = head_epochs if head_epochs is not None else (
+            max(1, epochs // 2) if epochs is not None else BACKBONE_RECIPE["head_epochs"])
+        if epochs is not None and epochs != head + fine_tune_epochs:
+            raise click.BadParameter(f"--epochs {epochs} is not --head-epochs {head} + "
+                                     f"--fine-tune-epochs {fine_tune_epochs}", param_hint="--epochs")
+        head_epochs, epochs = head, head + fine_tune_epochs
+    elif fine_tune_epochs is not None:
+        raise click.BadParameter("--fine-tune-epochs is for Keras Applications backbones",
+                                 param_hint="--fine-tune-epochs")
+    return {"weights": weights, "head_epochs": head_epochs, "epochs": epochs,
+            "fine_tune_learning_rate": fine_tune_learning_rate}
 
 
 def _is_chief() -> bool:
@@ -150,8 +198,10 @@ def _given_options(context: click.Context, skip: tuple[str, ...]) -> list[str]:
 
 
 @click.command()
-@click.option("--arch", "architecture", type=click.Choice(["reference", "edge"]), default="edge",
-              show_default=True)
+@click.option("--arch", "architecture", type=click.Choice(registry.ARCHITECTURES), default="edge",
+              metavar="NAME",
+              show_default=True, help=ARCH_HELP)
+@click.option("--weights", default=None, metavar="imagenet|PATH|none", help=WEIGHTS_HELP)
 @click.option("--method", type=click.Choice(["bayesian", "hyperband"]), default="bayesian",
               show_default=True)
 @click.option("--max-trials", type=click.IntRange(1, 1000), default=10, show_default=True)
@@ -164,14 +214,24 @@ def _given_options(context: click.Context, skip: tuple[str, ...]) -> list[str]:
               show_default=True)
 @data_option
 @friendly_errors
-def tune(architecture: str, method: str, max_trials: int, budget_minutes: float, epochs: int,
-         limit: int | None, output_dir: Path, data: str, skip_bad_images: bool) -> None:
-    """Search hyperparameters with KerasTuner on the validation split, within a time budget."""
+def tune(architecture: str, weights: str | None, method: str, max_trials: int,
+         budget_minutes: float, epochs: int, limit: int | None, output_dir: Path, data: str,
+         skip_bad_images: bool) -> None:
+    """Search hyperparameters with KerasTuner on the validation split, within a time budget.
+
+    A backbone's trials train in its two phases (half the epochs each).
+    """
+    from edgekit.device import datasets
     from edgekit.workstation.config import TrainConfig
 
+    fine_tuning = _fine_tuning(architecture, epochs, weights, None, None, None)
     base = config_or_bad_parameter(TrainConfig.for_architecture, architecture=architecture,
-                                   epochs=epochs, limit=limit)
-    spec = data_spec(data, skip_bad_images)
+                                   limit=limit, **fine_tuning)
+    image_size = None
+    if registry.is_backbone(architecture) and not datasets.is_fashion_mnist(data):
+        size = registry.family(architecture).default_size
+        image_size = f"{size}x{size}"
+    spec = data_spec(data, skip_bad_images, image_size)
     from edgekit.workstation import tune as tune_module
 
     result = tune_module.tune(base, output_dir, method=method, max_trials=max_trials,
@@ -181,4 +241,6 @@ def tune(architecture: str, method: str, max_trials: int, budget_minutes: float,
     click.echo(f"best: trial {result['best']['trial']}, validation accuracy "
                f"{result['best']['val_accuracy']:.2%}; wrote {output_dir}/trials.json, trials.md")
     data_hint = "" if spec.is_fashion_mnist else f" --data {data}"
-    click.echo(f"Next: edgekit train --config {result['best_config_path']} --epochs 40{data_hint}")
+    epochs_hint = ("--head-epochs 5 --fine-tune-epochs 5" if registry.is_backbone(architecture)
+                   else "--epochs 40")
+    click.echo(f"Next: edgekit train --config {result['best_config_path']} {epochs_hint}{data_hint}")

@@ -6,10 +6,27 @@ import dataclasses
 import enum
 from typing import Any
 
+from edgekit.workstation.backbones import registry
+
 
 class Architecture(str, enum.Enum):
     REFERENCE = "reference"
     EDGE = "edge"
+    # Keras Applications backbones, fine-tuned (edgekit.workstation.backbones.registry).
+    MOBILENET_V2 = "mobilenet_v2"
+    MOBILENET_V3_SMALL = "mobilenet_v3_small"
+    MOBILENET_V3_LARGE = "mobilenet_v3_large"
+    EFFICIENTNET_B0 = "efficientnet_b0"
+    EFFICIENTNET_V2_B0 = "efficientnet_v2_b0"
+    RESNET50 = "resnet50"
+    RESNET50_V2 = "resnet50_v2"
+    DENSENET121 = "densenet121"
+    VGG16 = "vgg16"
+    CONVNEXT_TINY = "convnext_tiny"
+
+    @property
+    def is_backbone(self) -> bool:
+        return registry.is_backbone(self.value)
 
 
 class ExportFormat(str, enum.Enum):
@@ -65,6 +82,12 @@ class TrainConfig:
     teacher: str | None = None
     distillation_weight: float = 0.5  # share of the teacher's term in the loss
     distillation_temperature: float = 1.0
+    # Fine-tuning a Keras Applications backbone: "imagenet" (Keras' download), "none" (random
+    # initialisation) or the path of a weights file; the first head_epochs train the head on
+    # the frozen backbone, the rest also the top blocks at fine_tune_learning_rate.
+    weights: str = "none"
+    head_epochs: int = 0
+    fine_tune_learning_rate: float = 1e-4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "architecture", Architecture(self.architecture))
@@ -104,6 +127,21 @@ class TrainConfig:
             raise ValueError("distillation temperature must be in [0.1, 20]")
         if self.warmup_epochs < 0:
             raise ValueError("warm-up epochs must be zero or more")
+        self._check_fine_tuning()
+
+    def _check_fine_tuning(self) -> None:
+        if not self.architecture.is_backbone:
+            if self.weights != "none" or self.head_epochs:
+                raise ValueError(f"--weights and --head-epochs are for Keras Applications "
+                                 f"backbones, not the {self.architecture.value} CNN")
+            return
+        if not 1 <= self.head_epochs <= self.epochs:
+            raise ValueError("head epochs must be between 1 and the epochs in all")
+        if not 0.0 < self.fine_tune_learning_rate < 1.0:
+            raise ValueError("fine-tune learning rate must be in (0, 1)")
+        if self.ema_decay or self.teacher:
+            raise ValueError("a moving average (--ema-decay) and distillation (--teacher) are "
+                             "not available when fine-tuning a backbone")
 
     def to_dict(self) -> dict[str, Any]:
         payload = dataclasses.asdict(self)
@@ -115,8 +153,13 @@ class TrainConfig:
     @classmethod
     def for_architecture(cls, architecture: str | Architecture, **overrides: Any) -> TrainConfig:
         """The recipe selected (on the validation split) for an architecture, plus overrides."""
-        recipe = dict(RECIPES[Architecture(architecture)])
+        architecture = Architecture(architecture)
+        recipe = dict(RECIPES.get(architecture, BACKBONE_RECIPE))
         recipe.update({key: value for key, value in overrides.items() if value is not None})
+        if (architecture.is_backbone and overrides.get("epochs") is not None
+                and overrides.get("head_epochs") is None):
+            # --epochs alone: half for the head (at least one), the rest fine-tunes.
+            recipe["head_epochs"] = max(1, recipe["epochs"] // 2)
         return cls(architecture=Architecture(architecture), **recipe)
 
     @classmethod
@@ -142,6 +185,14 @@ class ExportConfig:
         if not 13 <= self.opset <= 21:
             raise ValueError("opset must be between 13 and 21")
 
+
+# Every backbone family: the head on the frozen backbone at 1e-3, then the top blocks at a
+# tenth of it (keras-io's transfer-learning guide trains the head, then fine-tunes lower).
+# No early stopping within the short phases; augmentation is the reference CNN's.
+BACKBONE_RECIPE: dict[str, Any] = {
+    "weights": "imagenet", "epochs": 10, "head_epochs": 5, "learning_rate": 1e-3,
+    "fine_tune_learning_rate": 1e-4, "patience": 10, "dropout_rate": 0.2, "batch_size": 32,
+}
 
 RECIPES: dict[Architecture, dict[str, Any]] = {
     Architecture.REFERENCE: {},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import keras
 
 from edgekit.contract import FASHION_MNIST, InputContract
@@ -9,9 +12,38 @@ from edgekit.workstation.config import Architecture, TrainConfig
 
 
 def build(config: TrainConfig, contract: InputContract = FASHION_MNIST) -> keras.Model:
-    """The architecture for the contract's input size, channels and number of classes."""
+    """The architecture for the contract's input size, channels and number of classes.
+
+    A Keras Applications family is built with its backbone frozen, holding ``config.weights``
+    (:mod:`edgekit.workstation.backbones.finetune`).
+    """
+    if config.architecture.is_backbone:
+        from edgekit.workstation.backbones import finetune
+
+        return finetune.build(config, contract)
     builders = {Architecture.REFERENCE: build_reference, Architecture.EDGE: build_edge}
     return builders[config.architecture](config, contract)
+
+
+def describe_backbone(config: TrainConfig, contract: InputContract) -> dict[str, Any]:
+    """{"backbone": its record} for a fine-tuned backbone (train_config.json), else {}."""
+    if not config.architecture.is_backbone:
+        return {}
+    from edgekit.workstation.backbones import finetune
+
+    return {"backbone": finetune.describe(config, contract)}
+
+
+def epoch_runner(config: TrainConfig) -> Callable[..., None]:
+    """What runs a training run's epochs: ``distribute.run_epochs``, or for a backbone its
+    two phases (``backbones.finetune.run_phases``, the same arguments)."""
+    if not config.architecture.is_backbone:
+        from edgekit.workstation import distribute
+
+        return distribute.run_epochs
+    from edgekit.workstation.backbones import finetune
+
+    return finetune.run_phases
 
 
 def build_reference(config: TrainConfig, contract: InputContract) -> keras.Model:

@@ -228,8 +228,9 @@ def _train(config: TrainConfig, spec: datasets.DataSpec, dataset: datasets.Datas
     if not finished:
         train_data = loop.distribute(train_split, functools.partial(pipeline, training=True),
                                      training=True)
-        distribute.run_epochs(loop, train_data, validation_data, callbacks, initial_epoch,
-                              config.epochs, steps, verbose)
+        run_epochs = models.epoch_runner(config)  # a backbone: frozen, then its top blocks
+        run_epochs(loop, train_data, validation_data, callbacks, initial_epoch, config.epochs,
+                   steps, verbose)
     seconds = time.perf_counter() - started + sum(record["epoch_seconds"] for record in previous)
     validation, weights = _choose_weights(loop, validation_data, validation_split,
                                           distribution.is_chief)
@@ -372,6 +373,7 @@ def _record(config: TrainConfig, spec: datasets.DataSpec, dataset: datasets.Data
         "labels": list(contract.labels),
         "environment": environment(),
         "distribution": distribution.record(config.batch_size),
+        **models.describe_backbone(config, contract),
     }
 
 

@@ -21,6 +21,7 @@ from edgekit import errors, fileio
 from edgekit.contract import InputContract
 from edgekit.device import datasets
 from edgekit.workstation import models, training
+from edgekit.workstation.backbones import finetune, registry
 from edgekit.workstation.config import EDGE_STEMS, TrainConfig
 
 TRIALS_JSON = "trials.json"
@@ -30,6 +31,15 @@ BEST_CONFIG = "best_config.json"
 
 def search_space(hp: keras_tuner.HyperParameters, architecture: str) -> dict[str, Any]:
     """The declared search space: TrainConfig fields and their ranges."""
+    if registry.is_backbone(architecture):
+        # A backbone: the two phases' learning rates and the head's regularisation.
+        return {
+            "learning_rate": hp.Float("learning_rate", 1e-4, 1e-2, sampling="log"),
+            "fine_tune_learning_rate": hp.Float("fine_tune_learning_rate", 1e-5, 1e-3,
+                                                sampling="log"),
+            "dropout_rate": hp.Float("dropout_rate", 0.0, 0.5, step=0.1),
+            "label_smoothing": hp.Choice("label_smoothing", [0.0, 0.1]),
+        }
     space: dict[str, Any] = {
         "learning_rate": hp.Float("learning_rate", 1e-3, 1e-2, sampling="log"),
         "dropout_rate": hp.Float("dropout_rate", 0.0, 0.5, step=0.1),
@@ -73,10 +83,25 @@ class TrainConfigHyperModel(keras_tuner.HyperModel):
             **kwargs: Any) -> Any:
         config = self.config_for(hp)
         classes = self.contract.num_classes
-        return model.fit(training.make_dataset(self.train_split, config, True, classes),
-                         validation_data=training.make_dataset(self.validation_split, config,
-                                                               False, classes),
-                         epochs=config.epochs, verbose=0, callbacks=kwargs.get("callbacks"))
+        data = training.make_dataset(self.train_split, config, True, classes)
+        validation = training.make_dataset(self.validation_split, config, False, classes)
+        if not config.architecture.is_backbone:
+            return model.fit(data, validation_data=validation, epochs=config.epochs, verbose=0,
+                             callbacks=kwargs.get("callbacks"))
+        # A backbone: the head on the frozen backbone, then its top blocks (as `edgekit train`).
+        family = registry.family(config.architecture.value)
+        scores: list[float] = []
+        for phase in finetune.phases(config):
+            if phase.name == "fine-tune":
+                finetune.set_phase(model, family, phase.name)
+                training.compile_model(model, dataclasses.replace(
+                    config, learning_rate=phase.learning_rate),
+                    -(-len(self.train_split) // config.batch_size))
+            history = model.fit(data, validation_data=validation, epochs=phase.last_epoch,
+                                initial_epoch=phase.first_epoch, verbose=0,
+                                callbacks=kwargs.get("callbacks"))
+            scores += history.history["val_accuracy"]
+        return {"val_accuracy": max(scores)}
 
 
 def tune(base: TrainConfig, output_dir: Path, method: str = "bayesian", max_trials: int = 10,
