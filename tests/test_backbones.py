@@ -222,6 +222,7 @@ def test_imagenet_weights_and_preprocessing_match_keras(name, monkeypatch, tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.families
 @pytest.mark.parametrize("name", [name for name in registry.FAMILIES
                                   if name not in ("mobilenet_v3_small", "efficientnet_b0")])
 def test_every_family_matches_keras_with_imagenet_weights(name, monkeypatch, tmp_path):
@@ -253,12 +254,13 @@ def test_fine_tune_export_verify_evaluate(tmp_path):
     assert exported.returncode == 0, exported.stderr[-2000:]
     manifest = json.loads((release / "manifest.json").read_text())
     assert len(manifest["artifacts"]) == 6
-    verified = run_cli("verify", str(release))
+    verified = run_cli("verify", str(release), "--golden")  # the stored 300 test images
     assert verified.returncode in (0, 1), verified.stderr[-2000:]
     assert "Traceback" not in verified.stderr
 
 
 @pytest.mark.slow
+@pytest.mark.families
 @pytest.mark.parametrize("name", list(registry.FAMILIES))
 def test_every_family_builds_and_takes_a_training_step(name, tmp_path):
     """Each family: build at its default size from a Fashion-MNIST-shaped input, one step of

@@ -8,7 +8,8 @@ would turn into graph inputs). The modes are Keras' own, as
 
 - ``0-255``: nothing; ``0-1``: ``x / 255``; ``-1-1`` (Keras' ``tf`` mode): ``x / 127.5 - 1``;
 - ``caffe``: RGB -> BGR, then the ImageNet mean (in BGR) subtracted, no scaling;
-- ``torch``: ``x / 255``, then ``(x - mean) / std`` with ImageNet's RGB mean and std.
+- ``torch``: ``x / 255``, then ``(x - mean) / std`` with ImageNet's RGB mean and std
+  (both from :mod:`edgekit.workstation.backbones.preprocessing`).
 """
 
 from __future__ import annotations
@@ -18,10 +19,6 @@ from typing import Any
 import numpy as np
 
 from edgekit import errors
-
-IMAGENET_MEAN_BGR = (103.939, 116.779, 123.68)  # imagenet_utils._preprocess_numpy_input, caffe
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)  # ... torch mode
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
 INPUT_RANGES = ("0-255", "0-1", "-1-1", "caffe", "torch")
 RGB_ONLY = ("caffe", "torch")
@@ -64,20 +61,11 @@ def preprocessing_layers(input_range: str, channels: int) -> list[Any]:
         return [keras.layers.Rescaling(1 / 255, name="edgekit_scale")]
     if input_range == "-1-1":
         return [keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="edgekit_scale")]
-    if input_range == "torch":
-        std = np.array(IMAGENET_STD_RGB)
-        return [keras.layers.Rescaling(scale=list(1 / (255 * std)),
-                                       offset=list(-np.array(IMAGENET_MEAN_RGB) / std),
-                                       name="edgekit_scale")]
-    # caffe: a 1x1 convolution whose kernel swaps R and B and whose bias subtracts the mean.
-    kernel = np.zeros((1, 1, 3, 3), np.float32)
-    for output_channel in range(3):
-        kernel[0, 0, 2 - output_channel, output_channel] = 1.0
-    bias = -np.array(IMAGENET_MEAN_BGR, np.float32)
-    layer = keras.layers.Conv2D(3, 1, name="edgekit_caffe", trainable=False,
-                                kernel_initializer=keras.initializers.Constant(kernel),
-                                bias_initializer=keras.initializers.Constant(bias))
-    return [layer]
+    from edgekit.workstation.backbones import preprocessing as backbone_preprocessing
+
+    # caffe and torch: the same fixed 1x1 convolution `edgekit train --arch` puts in front of a
+    # backbone (a channel permutation, a scale and an offset per channel).
+    return [backbone_preprocessing.layer(input_range, channels)]
 
 
 def reference_preprocess(pixels: np.ndarray, input_range: str) -> np.ndarray:
