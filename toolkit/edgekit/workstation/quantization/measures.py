@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-NSR_CAP = 10.0  # a channel's noise-to-signal ratio is capped here (-10 dB)
+NSR_CAP = 1.0  # a channel with nothing of its signal left (0 dB); worse counts the same
 
 
 @dataclasses.dataclass(frozen=True)

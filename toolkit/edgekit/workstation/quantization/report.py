@@ -18,7 +18,7 @@ SHOWN = 12
 def _db(value: float | None) -> str:
     if value is None:
         return "—"
-    return "∞" if math.isinf(value) else f"{value:.1f}"
+    return "∞" if math.isinf(value) else f"{value + 0.0:.1f}".replace("-0.0", "0.0")
 
 
 def table(diagnosis: Diagnosis, shown: int = SHOWN) -> list[str]:
