@@ -144,6 +144,10 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig,
 
     pairs = plan(config)
     model = evaluation.load_keras_model(model_path)
+    if config.keep_float:
+        from edgekit.workstation.quantization import repair
+
+        repair.check_names(model, config.keep_float)
     reference = reference_module.prepare(model, Path(model_path), spec, input_range, output)
     for warning in reference.dataset.warnings:
         echo(f"warning: {warning}")
@@ -195,12 +199,12 @@ def _export_into(reference: reference_module.Reference, model_path: Path, output
         name = artifact_name(export_format, quantization)
         with quiet_native_output():
             if export_format == ExportFormat.TFLITE:
-                payload = to_tflite(model, quantization, calibration, contract)
+                payload = to_tflite(model, quantization, calibration, contract, config.keep_float)
             else:
                 if onnx_float is None:
                     onnx_float = to_onnx(model, config.opset, contract)
                 proto = onnx_float if quantization == Quantization.NONE \
-                    else quantize_onnx(onnx_float, calibration)
+                    else quantize_onnx(onnx_float, calibration, config.keep_float)
                 payload = serialized(proto, PRECISION_NAMES[quantization], contract)
         fileio.write_bytes(staging / name, payload)
         seconds = time.perf_counter() - started
@@ -216,6 +220,7 @@ def artifact_entry(path: Path, export_format: ExportFormat, quantization: Quanti
     loaded = runtime.load(path, verify_sha256=False)
     settings: dict[str, Any] = {"seconds": round(seconds, 2)}
     if quantization == Quantization.INT8:
+        settings["keep_float"] = list(config.keep_float)  # Keras layer names left float
         settings["calibration_images"] = config.calibration_size
         settings["calibration_source"] = "training split, seeded random sample"
         settings["calibration_seed"] = config.seed

@@ -41,6 +41,12 @@ class Diagnosis:
 def validation_split(folder: Path, manifest: dict[str, Any],
                      spec: datasets.DataSpec | None) -> datasets.Split:
     """The release's validation images: its recorded split, replayed as training carved it."""
+    return release_splits(folder, manifest, spec)[1]
+
+
+def release_splits(folder: Path, manifest: dict[str, Any], spec: datasets.DataSpec | None
+                   ) -> tuple[datasets.Split, datasets.Split]:
+    """The release's training images (as export calibrates on them) and validation images."""
     from edgekit.workstation import fashion_download, training
     from edgekit.workstation.config import TrainConfig
 
@@ -57,7 +63,7 @@ def validation_split(folder: Path, manifest: dict[str, Any],
         data = spec.data if spec is not None else None
         dataset = datasets.open_dataset(None if data in (None, datasets.FASHION_MNIST_NAME)
                                         else data, download=fashion_download.download)
-    return training.train_and_validation(dataset, config)[1]
+    return dataset.train, training.train_and_validation(dataset, config)[1]
 
 
 def sample(split: datasets.Split, count: int, seed: int = 0) -> np.ndarray:

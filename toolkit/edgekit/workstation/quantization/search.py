@@ -1,0 +1,167 @@
+"""``edgekit export --keep-float auto``: the fewest float layers that make the int8 files pass.
+
+The release is exported as usual; if its int8 artifacts pass the parity bars (with their 95 %
+intervals, ``device.parity``) on the *validation* split, nothing is kept float. Otherwise the
+layers are taken in diagnosis order (best rank over the int8 artifacts), single layers first,
+then pairs; each set is converted again (TFLite and ONNX), measured on the validation split, and
+the first set with which every int8 artifact passes is exported. Keeping every layer that does
+arithmetic float is not a repair and is never tried. Each step's agreement, size and share of
+MACs left in int8 go in the manifest; the test split measures the final files once, through
+``edgekit verify``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgekit import errors
+from edgekit import manifest as manifest_module
+from edgekit.device import datasets, parity, runtime
+from edgekit.workstation.config import ExportConfig, Quantization
+from edgekit.workstation.quantization import diagnose, keras_side
+
+CANDIDATES = 4  # layers from the top of the diagnosis: 4 singles, then 6 pairs
+
+
+@dataclasses.dataclass
+class Step:
+    keep_float: tuple[str, ...]
+    int8_macs_share: float
+    artifacts: dict[str, dict[str, Any]]  # file -> agreement, interval, bytes, passed
+
+    @property
+    def passed(self) -> bool:
+        return all(result["passed"] for result in self.artifacts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keep_float": list(self.keep_float), "int8_macs_share": self.int8_macs_share,
+                "passed": self.passed, "artifacts": self.artifacts}
+
+
+class Trial:
+    """Converts and measures int8 files keeping given layers float, on the validation split."""
+
+    def __init__(self, folder: Path, config: ExportConfig, spec: datasets.DataSpec | None):
+        from edgekit.workstation import evaluation
+        from edgekit.workstation import export as export_module
+
+        self.folder, self.config = folder, config
+        self.manifest = manifest_module.load(folder)
+        self.contract = manifest_module.contract_of(self.manifest, folder)
+        self.model = evaluation.load_keras_model(folder / self.manifest["reference"]["file"])
+        train, validation = diagnose.release_splits(folder, self.manifest, spec)
+        self.calibration = export_module.calibration_images(train, config.calibration_size,
+                                                            config.seed)
+        self.images, self.labels = validation.images, validation.labels
+        self.reference = evaluation.predict_probabilities(self.model, self.images)
+        self.files = [entry["file"] for entry in self.manifest["artifacts"]
+                      if entry["precision"] == "int8"]
+        self.macs = keras_side.macs_by_layer(self.model)
+        self._onnx_float: Any = None
+
+    def int8_share(self, keep: tuple[str, ...]) -> float:
+        total = sum(self.macs.values())
+        return 1.0 - sum(self.macs.get(name, 0) for name in keep) / total if total else 1.0
+
+    def payload(self, file: str, keep: tuple[str, ...]) -> bytes:
+        from edgekit.workstation import export as export_module
+        from edgekit.workstation.export import onnx as onnx_export
+
+        with export_module.quiet_native_output():
+            if file.endswith(".tflite"):
+                return export_module.to_tflite(self.model, Quantization.INT8, self.calibration,
+                                               self.contract, keep)
+            if self._onnx_float is None:
+                self._onnx_float = onnx_export.to_onnx(self.model, self.config.opset, self.contract)
+            proto = onnx_export.quantize_onnx(self._onnx_float, self.calibration, keep)
+            return onnx_export.serialized(proto, "int8", self.contract)
+
+    def measure(self, keep: tuple[str, ...], bar: parity.Bar) -> Step:
+        results = {}
+        with tempfile.TemporaryDirectory(prefix="edgekit-keep-float-") as scratch:
+            for file in self.files:
+                path = Path(scratch) / file
+                path.write_bytes(self.payload(file, keep))
+                outputs = runtime.load(path, verify_sha256=False).predict(self.images)
+                measures = parity.measure(self.reference, outputs, self.labels,
+                                          self.contract.labels)
+                checks = parity.check(measures, bar)
+                agreement = checks[0]
+                results[file] = {"agreement_percent": round(agreement.value, 3),
+                                 "interval": [round(v, 3) for v in agreement.interval or ()],
+                                 "bytes": path.stat().st_size,
+                                 "passed": all(check.passed for check in checks)}
+        return Step(keep, round(self.int8_share(keep), 4), results)
+
+
+def candidate_sets(diagnoses: list[diagnose.Diagnosis], arithmetic: set[str]
+                   ) -> list[tuple[str, ...]]:
+    """Single layers, then pairs, from the diagnosis's worst layers (best rank over artifacts)."""
+    best: dict[str, int] = {}
+    for result in diagnoses:
+        if result.precision != "int8":
+            continue
+        for rank, error in enumerate(result.ranked):
+            best[error.layer] = min(rank, best.get(error.layer, rank))
+    top = sorted(best, key=best.__getitem__)[:CANDIDATES]
+    sets = [(name,) for name in top] + list(itertools.combinations(top, 2))
+    return [keep for keep in sets if not arithmetic or not arithmetic <= set(keep)]
+
+
+def export_auto(model_path: Path, output_dir: Path, config: ExportConfig,
+                spec: datasets.DataSpec | None, input_range: str | None, output: str | None,
+                echo: Callable[[str], None] = print) -> list[Any]:
+    from edgekit.workstation import export as export_module
+
+    plain = dataclasses.replace(config, keep_float=(), explanations=False)
+    export_module.export(model_path, output_dir, plain, spec, input_range, output, echo)
+    trial = Trial(output_dir, config, spec)
+    if not trial.files:
+        raise errors.ExportError("--keep-float auto repairs int8 files; none was exported "
+                                 "(add --quantize int8).")
+    bar = parity.DEFAULT_BARS["int8"]
+    steps = [trial.measure((), bar)]
+    echo(_describe(steps[0]))
+    chosen: tuple[str, ...] | None = () if steps[0].passed else None
+    if chosen is None:
+        diagnoses = diagnose.diagnose_release(output_dir, spec, write=True, echo=echo)
+        for keep in candidate_sets(diagnoses, set(trial.macs)):
+            steps.append(trial.measure(keep, bar))
+            echo(_describe(steps[-1]))
+            if steps[-1].passed:
+                chosen = keep
+                break
+    if chosen is None:
+        raise errors.ExportError(
+            f"--keep-float auto: no set of up to two layers from the diagnosis made the int8 "
+            f"files pass on the validation split ({len(steps) - 1} tried); the release holds "
+            "the plain export. See reports/layers.json and try --keep-float NAME by hand.")
+    artifacts: list[Any] = export_module.export(
+        model_path, output_dir, dataclasses.replace(config, keep_float=chosen), spec,
+        input_range, output, echo)
+    manifest = manifest_module.load(output_dir)
+    for entry in manifest["artifacts"]:
+        if entry["precision"] == "int8":
+            entry["export"]["int8_macs_share"] = trial.int8_share(chosen)
+            entry["export"]["keep_float_search"] = {
+                "split": "validation", "images": int(len(trial.images)),
+                "steps": [step.to_dict() for step in steps]}
+    manifest_module.save(output_dir, manifest)
+    echo(f"kept float: {', '.join(chosen) or 'nothing'} "
+         f"({100 * trial.int8_share(chosen):.1f} % of MACs left in int8)")
+    return artifacts
+
+
+def _describe(step: Step) -> str:
+    kept = ", ".join(step.keep_float) or "nothing"
+    cells = "; ".join(f"{file} {result['agreement_percent']:.2f} % "
+                      f"({'pass' if result['passed'] else 'fail'})"
+                      for file, result in step.artifacts.items())
+    return f"  keep float {kept}: validation agreement {cells}"
