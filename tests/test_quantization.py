@@ -1,0 +1,118 @@
+"""Diagnosis and repair of int8 artifacts that fail parity (issue 27).
+
+Fast: the per-layer arithmetic on synthetic tensors, the Keras-name mapping, near-tie flips,
+and the one-line error without TensorFlow. Slow: a trained model with one outlier activation
+channel (tests/outlier_case.py) exported int8, diagnosed (``verify --layers`` names
+``outlier_conv`` first for TFLite and ONNX), repaired (``export --keep-float auto``) and verified.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import requires_tensorflow, run_cli
+from edgekit.device import parity
+
+
+def test_an_outlier_channel_is_blamed_on_the_layer_that_makes_it():
+    from edgekit.workstation.quantization import measures
+
+    rng = np.random.default_rng(0)
+    before = rng.normal(size=(64, 8, 8, 4)).astype(np.float32)
+    wide = rng.uniform(0, 1, size=(64, 8, 8, 16)).astype(np.float32)
+    wide[..., 3] *= 1000
+    step = measures.Quantised(float(wide.max()) / 255, 0, 0, 255)
+    quantised = measures.fake_quantise(wide, step)
+    back = wide.copy()
+    back[..., 3] /= 1000
+    back_quantised = quantised.copy()
+    back_quantised[..., 3] /= 1000
+    errors = [
+        measures.layer_error("first", "t0", before, before + 1e-3, None),
+        measures.layer_error("outlier", "t1", wide, quantised, step),
+        measures.layer_error("scale_back", "t2", back, back_quantised,
+                             measures.Quantised(float(back.max()) / 255, 0, 0, 255)),
+    ]
+    # The pooled SQNR of the outlier tensor stays high: only the channels show the damage.
+    assert errors[1].sqnr_db > 30 and errors[1].worst_channel_sqnr_db < 1
+    ranked = measures.rank(errors, {"outlier": ["first"], "scale_back": ["outlier"]})
+    assert [error.layer for error in ranked][0] == "outlier"
+    assert ranked[0].score > 0.5 > max(error.score for error in ranked[1:])
+
+
+def test_converter_tensor_names_map_to_the_last_keras_layer_they_name():
+    from edgekit.workstation.quantization import keras_side
+
+    order = {"stem_conv": 0, "stem_bn": 1, "stem_relu": 2, "pool": 3}
+    fused = ("model_1/stem_relu_1/Relu;model_1/stem_bn_1/batchnorm/add_1;"
+             "model_1/stem_conv_1/convolution")
+    assert keras_side.last_layer_named(fused, order) == "stem_relu"
+    assert keras_side.last_layer_named("model_1/pool_1/MaxPool2d:0", order) == "pool"
+    assert keras_side.last_layer_named("serving_default_pixels:0", order) is None
+
+
+def test_flips_on_near_ties_are_counted_apart_from_confident_flips():
+    reference = np.array([[0.51, 0.49, 0.0], [0.9, 0.05, 0.05], [0.2, 0.7, 0.1]])
+    outputs = np.array([[0.47, 0.53, 0.0], [0.3, 0.65, 0.05], [0.2, 0.7, 0.1]])
+    measures = parity.measure(reference, outputs, np.array([0, 0, 1]), ("a", "b", "c"))
+    assert [flip["near_tie"] for flip in measures["flips"]] == [True, False]
+    assert (measures["near_tie_flips"], measures["confident_flips"]) == (1, 1)
+
+
+def test_verify_layers_without_tensorflow_is_one_error_line(exported, monkeypatch, runner):
+    import importlib.util
+
+    from edgekit.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    result = runner.invoke(main, ["verify", str(exported), "--layers"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "edgekit[train]" in lines[0]
+
+
+@pytest.mark.slow
+@requires_tensorflow
+def test_outlier_channel_is_diagnosed_and_repaired_with_the_fewest_float_layers(tmp_path):
+    import outlier_case
+
+    data, model = outlier_case.make(tmp_path)
+    release = model.parent
+    common = ["export", "--model", str(model), "--data", str(data), "--quantize", "int8",
+              "--calibration-size", "200", "--no-explanations"]
+    exported = run_cli(*common)
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    failed = run_cli("verify", str(release))
+    assert failed.returncode == 1
+    assert f"edgekit verify {release} --layers" in failed.stdout
+    diagnosed = run_cli("verify", str(release), "--layers")
+    assert diagnosed.returncode == 0, diagnosed.stderr[-2000:]
+    for artifact in ("model_int8.tflite", "model_int8.onnx"):
+        table = diagnosed.stdout.split(f"{artifact} (int8):")[1]
+        first_row = [line for line in table.splitlines() if line.startswith("| 1 |")][0]
+        assert first_row.split("|")[2].strip() == "outlier_conv"
+    # No layer is named before the ranked list.
+    head = diagnosed.stdout.split("model_int8.tflite (int8):")[0]
+    assert "outlier_conv" not in head and "scale_back" not in head
+    report = json.loads((release / "reports" / "layers.json").read_text())
+    assert report["split"] == "validation"
+    assert (release / "reports" / "layers.png").stat().st_size > 0
+
+    repaired = run_cli(*common, "--keep-float", "auto")
+    assert repaired.returncode == 0, repaired.stdout[-2000:] + repaired.stderr[-2000:]
+    manifest = json.loads((release / "manifest.json").read_text())
+    int8 = [entry for entry in manifest["artifacts"] if entry["precision"] == "int8"]
+    assert {entry["file"] for entry in int8} == {"model_int8.tflite", "model_int8.onnx"}
+    for entry in int8:
+        assert sorted(entry["export"]["keep_float"]) == ["outlier_conv", "scale_back"]
+        steps = entry["export"]["keep_float_search"]["steps"]
+        assert not steps[0]["passed"] and steps[-1]["passed"]
+        assert all(len(step["keep_float"]) <= 2 for step in steps)
+        assert 0 < entry["export"]["int8_macs_share"] < 1
+    verified = run_cli("verify", str(release))
+    assert verified.returncode == 0, verified.stdout[-2000:]
