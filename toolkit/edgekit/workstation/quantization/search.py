@@ -19,8 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgekit import errors
 from edgekit import manifest as manifest_module
 from edgekit.device import datasets, parity, runtime
