@@ -116,3 +116,55 @@ def test_outlier_channel_is_diagnosed_and_repaired_with_the_fewest_float_layers(
         assert 0 < entry["export"]["int8_macs_share"] < 1
     verified = run_cli("verify", str(release))
     assert verified.returncode == 0, verified.stdout[-2000:]
+
+
+def test_auto_tries_single_layers_then_each_with_its_reader_then_other_pairs():
+    from edgekit.workstation.quantization import measures, search
+    from edgekit.workstation.quantization.diagnose import Diagnosis
+
+    def error(name: str) -> measures.LayerError:
+        return measures.LayerError(name, name, 0, 0, 0, 0, None)
+
+    ranked = [error(name) for name in ("b", "d", "a", "c", "e")]
+    diagnosis = Diagnosis("model_int8.tflite", "int8", ["a", "b", "c", "d", "e"], ranked)
+    parents = {"a": [], "b": ["a"], "c": ["b"], "d": ["c"], "e": ["d"]}
+    sets = search.candidate_sets([diagnosis], {"a", "b", "c", "d", "e"}, parents)
+    assert sets[:4] == [("b",), ("d",), ("a",), ("c",)]
+    assert sets[4:8] == [("b", "c"), ("d", "e"), ("a", "b"), ("c", "d")]
+    assert ("b", "d") in sets[8:] and len(set(sets)) == len(sets)
+
+
+@requires_tensorflow
+def test_dynamic_range_file_keeps_the_named_layer_float(tmp_path):
+    import outlier_case
+    from ai_edge_litert import interpreter as litert
+
+    from edgekit import contract as contract_module
+    from edgekit.device import runtime
+    from edgekit.workstation import export
+    from edgekit.workstation.config import Quantization
+
+    model = outlier_case.build()
+    contract = contract_module.InputContract(
+        height=16, width=16, channels=1, labels=contract_module.placeholder_labels(10),
+        preparation=contract_module.default_preparation(1))
+    with export.quiet_native_output():
+        plain = export.to_tflite(model, Quantization.DYNAMIC, None, contract)
+        kept = export.to_tflite(model, Quantization.DYNAMIC, None, contract, ("outlier_conv",))
+
+    def weight_types(blob: bytes) -> dict[str, str]:
+        interpreter = litert.Interpreter(model_content=blob)
+        details = {d["index"]: d for d in interpreter.get_tensor_details()}
+        return {details[op["outputs"][0]]["name"].split(";")[0].split("/")[1]:
+                details[op["inputs"][1]]["dtype"].__name__
+                for op in interpreter._get_ops_details() if op["op_name"] == "CONV_2D"}
+
+    assert weight_types(plain)["outlier_conv_1"] == "int8"
+    assert weight_types(kept)["outlier_conv_1"] == "float32"
+    assert weight_types(kept)["conv_b_1"] == "int8"  # only the named layer changes
+    path = tmp_path / "model_dynamic.tflite"
+    path.write_bytes(kept)
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 1)).astype(np.float32)
+    expected = np.asarray(model(pixels, training=False))
+    outputs = runtime.load(path, verify_sha256=False).predict(pixels)
+    assert np.abs(outputs - expected).max() < 0.05

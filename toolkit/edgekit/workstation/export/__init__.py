@@ -219,8 +219,9 @@ def artifact_entry(path: Path, export_format: ExportFormat, quantization: Quanti
                    config: ExportConfig, seconds: float) -> dict[str, Any]:
     loaded = runtime.load(path, verify_sha256=False)
     settings: dict[str, Any] = {"seconds": round(seconds, 2)}
-    if quantization == Quantization.INT8:
+    if quantization in (Quantization.INT8, Quantization.DYNAMIC):
         settings["keep_float"] = list(config.keep_float)  # Keras layer names left float
+    if quantization == Quantization.INT8:
         settings["calibration_images"] = config.calibration_size
         settings["calibration_source"] = "training split, seeded random sample"
         settings["calibration_seed"] = config.seed

@@ -61,3 +61,52 @@ def _representative(calibration: np.ndarray) -> Callable[[], Iterator[list[np.nd
         for image in calibration:
             yield [image[None].astype(np.float32)]
     return generate
+
+
+def dynamic_keeping_float(dynamic: bytes, float32: bytes, keep: tuple[str, ...]) -> bytes:
+    """A dynamic-range TFLite flatbuffer whose kept layers run in float.
+
+    TensorFlow's dynamic-range quantiser has no denylist, so the edit is made after it, the way
+    the fp16 file's first convolution gets float32 weights back (``export.tflite_graph``): each
+    op computing a kept layer (matched by output tensor name in the fp32 conversion) gets its
+    int8 constant inputs replaced by the fp32 conversion's float32 ones, which makes a hybrid
+    op a float op (LiteRT picks the kernel by the weights' type).
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(dynamic))
+    full = flatbuffer_utils.read_model_from_bytearray(bytearray(float32))
+    graph, full_graph = model.subgraphs[0], full.subgraphs[0]
+    wanted = set(keep)
+
+    def name(tensor: Any) -> str:
+        raw = tensor.name
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    full_ops = {name(full_graph.tensors[op.outputs[0]]): op for op in full_graph.operators}
+    changed = 0
+    for operator in graph.operators:
+        output = name(graph.tensors[operator.outputs[0]])
+        source_op = full_ops.get(output)
+        if source_op is None or not wanted & set(layers_named_in(output, wanted)):
+            continue
+        for position, index in enumerate(operator.inputs):
+            if index < 0 or position >= len(source_op.inputs):
+                continue
+            target = graph.tensors[index]
+            source = full_graph.tensors[source_op.inputs[position]]
+            data = full.buffers[source.buffer].data
+            if target.type != schema.TensorType.INT8 or data is None \
+                    or list(target.shape) != list(source.shape):
+                continue
+            buffer = schema.BufferT()
+            buffer.data = np.asarray(data, dtype=np.uint8)
+            model.buffers.append(buffer)
+            target.buffer = len(model.buffers) - 1
+            target.type = schema.TensorType.FLOAT32
+            target.quantization = None
+            changed += 1
+    if not changed:
+        return dynamic
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

@@ -1,12 +1,13 @@
-"""``edgekit export --keep-float auto``: the fewest float layers that make the int8 files pass.
+"""``edgekit export --keep-float auto``: the fewest float layers that make the quantised files pass.
 
-The release is exported as usual; if its int8 artifacts pass the parity bars (with their 95 %
-intervals, ``device.parity``) on the *validation* split, nothing is kept float. Otherwise the
-layers are taken in diagnosis order (best rank over the int8 artifacts), single layers first,
-then pairs; each set is converted again (TFLite and ONNX), measured on the validation split, and
-the first set with which every int8 artifact passes is exported. Keeping every layer that does
-arithmetic float is not a repair and is never tried. Each step's agreement, size and share of
-MACs left in int8 go in the manifest; the test split measures the final files once, through
+The release is exported as usual; if its int8 and dynamic artifacts pass the parity bars (with
+their 95 % intervals, ``device.parity``) on the *validation* split, nothing is kept float.
+Otherwise the layers are taken in diagnosis order (best rank over the failing artifacts): single
+layers first, then each of them with the layer reading its output, then the other pairs; each
+set is converted again (TFLite and ONNX), measured on the validation split, and the first set
+with which every quantised artifact passes is exported. Keeping every layer that does arithmetic
+float is not a repair and is never tried. Each step's agreement, size and share of MACs left in
+int8 go in the manifest; the test split measures the final files once, through
 ``edgekit verify``.
 """
 
@@ -26,6 +27,7 @@ from edgekit.workstation.config import ExportConfig, Quantization
 from edgekit.workstation.quantization import diagnose, keras_side
 
 CANDIDATES = 4  # layers from the top of the diagnosis: 4 singles, then 6 pairs
+REPAIRED = ("int8", "dynamic")
 
 
 @dataclasses.dataclass
@@ -44,7 +46,8 @@ class Step:
 
 
 class Trial:
-    """Converts and measures int8 files keeping given layers float, on the validation split."""
+    """Converts and measures the quantised files keeping given layers float, on the validation
+    split."""
 
     def __init__(self, folder: Path, config: ExportConfig, spec: datasets.DataSpec | None):
         from edgekit.workstation import evaluation
@@ -59,8 +62,8 @@ class Trial:
                                                             config.seed)
         self.images, self.labels = validation.images, validation.labels
         self.reference = evaluation.predict_probabilities(self.model, self.images)
-        self.files = [entry["file"] for entry in self.manifest["artifacts"]
-                      if entry["precision"] == "int8"]
+        self.files = {entry["file"]: entry["precision"] for entry in self.manifest["artifacts"]
+                      if entry["precision"] in REPAIRED}
         self.macs = keras_side.macs_by_layer(self.model)
         self._onnx_float: Any = None
 
@@ -74,17 +77,20 @@ class Trial:
 
         with export_module.quiet_native_output():
             if file.endswith(".tflite"):
-                return export_module.to_tflite(self.model, Quantization.INT8, self.calibration,
+                quantization = Quantization.DYNAMIC if self.files[file] == "dynamic" \
+                    else Quantization.INT8
+                return export_module.to_tflite(self.model, quantization, self.calibration,
                                                self.contract, keep)
             if self._onnx_float is None:
                 self._onnx_float = onnx_export.to_onnx(self.model, self.config.opset, self.contract)
             proto = onnx_export.quantize_onnx(self._onnx_float, self.calibration, keep)
             return onnx_export.serialized(proto, "int8", self.contract)
 
-    def measure(self, keep: tuple[str, ...], bar: parity.Bar) -> Step:
+    def measure(self, keep: tuple[str, ...], bars: dict[str, parity.Bar]) -> Step:
         results = {}
         with tempfile.TemporaryDirectory(prefix="edgekit-keep-float-") as scratch:
-            for file in self.files:
+            for file, precision in self.files.items():
+                bar = bars[precision]
                 path = Path(scratch) / file
                 path.write_bytes(self.payload(file, keep))
                 outputs = runtime.load(path, verify_sha256=False).predict(self.images)
@@ -99,17 +105,20 @@ class Trial:
         return Step(keep, round(self.int8_share(keep), 4), results)
 
 
-def candidate_sets(diagnoses: list[diagnose.Diagnosis], arithmetic: set[str]
-                   ) -> list[tuple[str, ...]]:
-    """Single layers, then pairs, from the diagnosis's worst layers (best rank over artifacts)."""
+def candidate_sets(diagnoses: list[diagnose.Diagnosis], arithmetic: set[str],
+                   parents: dict[str, list[str]]) -> list[tuple[str, ...]]:
+    """Single layers, then pairs, from the diagnosis's worst layers (best rank over the failing
+    artifacts). A layer kept float still has its output quantised where a quantised layer reads
+    it, so each worst layer paired with the layer reading it comes before the other pairs."""
     best: dict[str, int] = {}
     for result in diagnoses:
-        if result.precision != "int8":
-            continue
         for rank, error in enumerate(result.ranked):
             best[error.layer] = min(rank, best.get(error.layer, rank))
     top = sorted(best, key=best.__getitem__)[:CANDIDATES]
-    sets = [(name,) for name in top] + list(itertools.combinations(top, 2))
+    readers = [(name, child) for name in top for child, inputs in parents.items()
+               if name in inputs and child in best]
+    sets: list[tuple[str, ...]] = [(name,) for name in top] + readers
+    sets += [pair for pair in itertools.combinations(top, 2) if pair not in sets]
     return [keep for keep in sets if not arithmetic or not arithmetic <= set(keep)]
 
 
@@ -122,23 +131,27 @@ def export_auto(model_path: Path, output_dir: Path, config: ExportConfig,
     export_module.export(model_path, output_dir, plain, spec, input_range, output, echo)
     trial = Trial(output_dir, config, spec)
     if not trial.files:
-        raise errors.ExportError("--keep-float auto repairs int8 files; none was exported "
-                                 "(add --quantize int8).")
-    bar = parity.DEFAULT_BARS["int8"]
-    steps = [trial.measure((), bar)]
+        raise errors.ExportError("--keep-float auto repairs int8 and dynamic files; none was "
+                                 "exported (add --quantize int8).")
+    bars = parity.DEFAULT_BARS
+    steps = [trial.measure((), bars)]
     echo(_describe(steps[0]))
     chosen: tuple[str, ...] | None = () if steps[0].passed else None
     if chosen is None:
-        diagnoses = diagnose.diagnose_release(output_dir, spec, write=True, echo=echo)
-        for keep in candidate_sets(diagnoses, set(trial.macs)):
-            steps.append(trial.measure(keep, bar))
+        failing = {file for file, result in steps[0].artifacts.items() if not result["passed"]}
+        diagnoses = [result for result in diagnose.diagnose_release(output_dir, spec, echo=echo)
+                     if result.file in failing]
+        parents = {layer.name: keras_side.parents(layer)
+                   for layer in keras_side.layers_in_order(trial.model)}
+        for keep in candidate_sets(diagnoses, set(trial.macs), parents):
+            steps.append(trial.measure(keep, bars))
             echo(_describe(steps[-1]))
             if steps[-1].passed:
                 chosen = keep
                 break
     if chosen is None:
         raise errors.ExportError(
-            f"--keep-float auto: no set of up to two layers from the diagnosis made the int8 "
+            f"--keep-float auto: no set of up to two layers from the diagnosis made the quantised "
             f"files pass on the validation split ({len(steps) - 1} tried); the release holds "
             "the plain export. See reports/layers.json and try --keep-float NAME by hand.")
     artifacts: list[Any] = export_module.export(
@@ -146,7 +159,7 @@ def export_auto(model_path: Path, output_dir: Path, config: ExportConfig,
         input_range, output, echo)
     manifest = manifest_module.load(output_dir)
     for entry in manifest["artifacts"]:
-        if entry["precision"] == "int8":
+        if entry["precision"] in REPAIRED:
             entry["export"]["int8_macs_share"] = trial.int8_share(chosen)
             entry["export"]["keep_float_search"] = {
                 "split": "validation", "images": int(len(trial.images)),
