@@ -115,10 +115,11 @@ def candidate_sets(diagnoses: list[diagnose.Diagnosis], arithmetic: set[str],
         for rank, error in enumerate(result.ranked):
             best[error.layer] = min(rank, best.get(error.layer, rank))
     top = sorted(best, key=best.__getitem__)[:CANDIDATES]
-    readers = [(name, child) for name in top for child, inputs in parents.items()
-               if name in inputs and child in best]
-    sets: list[tuple[str, ...]] = [(name,) for name in top] + readers
-    sets += [pair for pair in itertools.combinations(top, 2) if pair not in sets]
+    sets: list[tuple[str, ...]] = [(name,) for name in top]
+    sets += [(name, child) for name in top for child, inputs in parents.items()
+             if name in inputs and child in best]
+    tried = {frozenset(keep) for keep in sets}
+    sets += [pair for pair in itertools.combinations(top, 2) if frozenset(pair) not in tried]
     return [keep for keep in sets if not arithmetic or not arithmetic <= set(keep)]
 
 
