@@ -52,6 +52,10 @@ def test_converter_tensor_names_map_to_the_last_keras_layer_they_name():
     assert keras_side.last_layer_named(fused, order) == "stem_relu"
     assert keras_side.last_layer_named("model_1/pool_1/MaxPool2d:0", order) == "pool"
     assert keras_side.last_layer_named("serving_default_pixels:0", order) is None
+    # Default names: layer conv2d is traced as conv2d_1, layer conv2d_1 as conv2d_1_2.
+    defaults = {"conv2d": 0, "conv2d_1": 1}
+    assert keras_side.last_layer_named("functional_1/conv2d_1/Relu:0", defaults) == "conv2d"
+    assert keras_side.last_layer_named("functional_1/conv2d_1_2/Relu:0", defaults) == "conv2d_1"
 
 
 def test_flips_on_near_ties_are_counted_apart_from_confident_flips():

@@ -89,7 +89,7 @@ def diagnose_artifact(model: Any, floats: dict[str, np.ndarray], path: Path,
                                               quantised))
     if not found:
         raise errors.ModelError(f"{path.name}: no tensor could be matched to a Keras layer name.")
-    parents = {layer.name: keras_side.parents(layer) for layer in layers}
+    parents = keras_side.parent_map(model)
     in_order = [error.layer for error in found]
     return in_order, measures.rank(found, parents)
 
@@ -109,8 +109,7 @@ def diagnose_release(folder: Path, spec: datasets.DataSpec | None = None,
         raise errors.ManifestError(f"{folder}/manifest.json lists no quantised artifact "
                                    "(int8 or dynamic) to diagnose.")
     images = sample(validation_split(folder, manifest, spec), count)
-    layers = keras_side.layers_in_order(model)
-    floats = keras_side.intermediate_outputs(model, layers, images)
+    floats = keras_side.intermediate_outputs(model, images)
     echo(f"diagnosing {len(entries)} quantised artifact(s) layer by layer on {len(images)} "
          "validation images")
     results = []

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from edgekit import errors
-from edgekit.workstation.quantization.keras_side import layers_named_in
+from edgekit.workstation.quantization.keras_side import layers_in_order, layers_named_in
 
 
 def check_names(model: Any, keep: tuple[str, ...]) -> None:
-    known = {layer.name for layer in model.layers}
+    known = {layer.name for layer in layers_in_order(model)}
     unknown = [name for name in keep if name not in known]
     if unknown:
         raise errors.ExportError(

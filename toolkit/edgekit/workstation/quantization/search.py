@@ -142,8 +142,7 @@ def export_auto(model_path: Path, output_dir: Path, config: ExportConfig,
         failing = {file for file, result in steps[0].artifacts.items() if not result["passed"]}
         diagnoses = [result for result in diagnose.diagnose_release(output_dir, spec, echo=echo)
                      if result.file in failing]
-        parents = {layer.name: keras_side.parents(layer)
-                   for layer in keras_side.layers_in_order(trial.model)}
+        parents = keras_side.parent_map(trial.model)
         for keep in candidate_sets(diagnoses, set(trial.macs), parents):
             steps.append(trial.measure(keep, bars))
             echo(_describe(steps[-1]))
