@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgekit import errors
+from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
 from edgekit.device import datasets, parity, runtime
 from edgekit.workstation.config import ExportConfig, Quantization
@@ -129,6 +129,9 @@ def export_auto(model_path: Path, output_dir: Path, config: ExportConfig,
     from edgekit.workstation import export as export_module
 
     plain = dataclasses.replace(config, keep_float=(), explanations=False)
+    # Exporting into the model's own folder replaces a wrapped model by its wrapped self; the
+    # final export must start from the same file as the first.
+    original = Path(model_path).read_bytes()
     export_module.export(model_path, output_dir, plain, spec, input_range, output, echo)
     trial = Trial(output_dir, config, spec)
     if not trial.files:
@@ -154,6 +157,8 @@ def export_auto(model_path: Path, output_dir: Path, config: ExportConfig,
             f"--keep-float auto: no set of up to two layers from the diagnosis made the quantised "
             f"files pass on the validation split ({len(steps) - 1} tried); the release holds "
             "the plain export. See reports/layers.json and try --keep-float NAME by hand.")
+    if Path(model_path).read_bytes() != original:
+        fileio.write_bytes(model_path, original)
     artifacts: list[Any] = export_module.export(
         model_path, output_dir, dataclasses.replace(config, keep_float=chosen), spec,
         input_range, output, echo)
