@@ -172,3 +172,31 @@ def test_dynamic_range_file_keeps_the_named_layer_float(tmp_path):
     expected = np.asarray(model(pixels, training=False))
     outputs = runtime.load(path, verify_sha256=False).predict(pixels)
     assert np.abs(outputs - expected).max() < 0.05
+
+
+@requires_tensorflow
+def test_a_wrapped_model_is_diagnosed_by_its_own_layer_names():
+    import keras
+
+    from edgekit.workstation.quantization import keras_side
+    from edgekit.workstation.quantization.measures import nearest_measured
+
+    inner_input = keras.Input((6, 6, 1))
+    x = keras.layers.Conv2D(3, 3, activation="relu", name="inner_conv")(inner_input)
+    x = keras.layers.Flatten()(x)
+    inner = keras.Model(inner_input, keras.layers.Dense(2, name="inner_dense")(x), name="users")
+    pixels = keras.Input((6, 6, 1), name="pixels")
+    scaled = keras.layers.Rescaling(1 / 255, name="edgekit_scale")(pixels)
+    wrapped = keras.Model(pixels, keras.layers.Softmax(name="edgekit_softmax")(inner(scaled)))
+    names = [layer.name for layer in keras_side.layers_in_order(wrapped)]
+    assert names == ["edgekit_scale", "inner_conv", "inner_dense", "edgekit_softmax"]
+    images = np.random.default_rng(0).uniform(0, 255, (5, 6, 6, 1)).astype(np.float32)
+    outputs = keras_side.intermediate_outputs(wrapped, images)
+    assert set(names) <= set(outputs)
+    np.testing.assert_allclose(outputs["edgekit_softmax"], np.asarray(wrapped(images)), atol=1e-6)
+    np.testing.assert_allclose(outputs["inner_conv"], np.asarray(
+        keras.Model(inner.inputs, inner.get_layer("inner_conv").output)(images / 255)), atol=1e-5)
+    parents = keras_side.parent_map(wrapped)
+    assert nearest_measured("inner_conv", parents, set(names)) == {"edgekit_scale"}
+    assert nearest_measured("edgekit_softmax", parents, set(names)) == {"inner_dense"}
+    assert keras_side.macs_by_layer(wrapped)["inner_conv"] == 4 * 4 * 3 * 9
