@@ -303,7 +303,8 @@ def layers_section(report: dict) -> str:
              "|---|---|---|---|---|"]
     for artifact in report["artifacts"]:
         ranked = artifact["ranked"]
-        cells = [f"{row['layer']} ({row['score']:.1e})" for row in ranked[:3]]
+        cells = [f"{' + '.join(row.get('group') or [row['layer']])} ({row['score']:.1e})"
+                 for row in ranked[:3]]
         last = next(row for row in ranked if row["layer"] == artifact["order"][-1])
         lines.append(f"| {artifact['file']} | {' | '.join(cells)} | {last['sqnr_db']:.1f} |")
     return "\n".join(lines)

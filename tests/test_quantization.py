@@ -200,3 +200,22 @@ def test_a_wrapped_model_is_diagnosed_by_its_own_layer_names():
     assert nearest_measured("inner_conv", parents, set(names)) == {"edgekit_scale"}
     assert nearest_measured("edgekit_softmax", parents, set(names)) == {"inner_dense"}
     assert keras_side.macs_by_layer(wrapped)["inner_conv"] == 4 * 4 * 3 * 9
+
+
+def test_layers_fused_into_one_tensor_are_named_and_kept_together():
+    from edgekit.workstation.quantization import measures, search
+    from edgekit.workstation.quantization.diagnose import Diagnosis
+
+    parents = {"conv_a": ["scale"], "scale": [], "conv": ["conv_a"], "bn": ["conv"],
+               "relu": ["bn"], "back": ["relu"], "head": ["back"]}
+    computing = ["scale", "conv_a", "conv", "bn", "relu", "back", "head"]
+    measured = {"conv_a", "relu", "back", "head"}
+    assert measures.group_of("relu", parents, measured, computing) == ["conv", "bn", "relu"]
+    assert measures.group_of("conv_a", parents, measured, computing) == ["scale", "conv_a"]
+    errors = [measures.LayerError(name, name, 0, 0, 0, nsr, None)
+              for name, nsr in (("conv_a", 0.0), ("relu", 0.9), ("back", 0.9), ("head", 0.9))]
+    ranked = measures.rank(errors, parents, computing)
+    assert ranked[0].label == "conv + bn + relu"
+    sets = search.candidate_sets([Diagnosis("m.onnx", "int8", [], ranked)], set(computing), parents)
+    assert sets[0] == ("conv", "bn", "relu")
+    assert ("conv", "bn", "relu", "back") in sets[:6]

@@ -91,7 +91,7 @@ def diagnose_artifact(model: Any, floats: dict[str, np.ndarray], path: Path,
         raise errors.ModelError(f"{path.name}: no tensor could be matched to a Keras layer name.")
     parents = keras_side.parent_map(model)
     in_order = [error.layer for error in found]
-    return in_order, measures.rank(found, parents)
+    return in_order, measures.rank(found, parents, [layer.name for layer in layers])
 
 
 def diagnose_release(folder: Path, spec: datasets.DataSpec | None = None,

@@ -53,6 +53,13 @@ class LayerError:
     local_mean_channel_nsr: float | None = None
     introduced_nsr: float = 0.0
     score: float = 0.0
+    # The computing layers this tensor holds with ``layer``, in network order (ops the converter
+    # fused: a convolution, its batch norm and activation have one tensor, the last one's).
+    group: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return " + ".join(self.group) if len(self.group) > 1 else self.layer
 
     def to_dict(self) -> dict[str, Any]:
         return {key: (None if isinstance(value, float) and not math.isfinite(value)
@@ -117,10 +124,25 @@ def nearest_measured(layer: str, parents: dict[str, list[str]], measured: set[st
     return found
 
 
-def rank(errors: list[LayerError], parents: dict[str, list[str]]) -> list[LayerError]:
-    """Fill in each layer's introduced error and score; return the layers worst first."""
+def group_of(layer: str, parents: dict[str, list[str]], measured: set[str],
+             computing: list[str]) -> list[str]:
+    """``layer`` and the computing layers upstream of it that have no tensor of their own."""
+    members, stack = {layer}, list(parents.get(layer, []))
+    while stack:
+        name = stack.pop()
+        if name in measured or name in members:
+            continue
+        members.add(name)
+        stack.extend(parents.get(name, []))
+    return [name for name in computing if name in members]
+
+
+def rank(errors: list[LayerError], parents: dict[str, list[str]],
+         computing: list[str] | None = None) -> list[LayerError]:
+    """Fill in each layer's introduced error, score and group; return the layers worst first."""
     by_name = {error.layer: error for error in errors}
     for error in errors:
+        error.group = group_of(error.layer, parents, set(by_name), computing or [error.layer])
         upstream = nearest_measured(error.layer, parents, set(by_name))
         before = max((by_name[name].mean_channel_nsr for name in upstream), default=0.0)
         error.introduced_nsr = max(0.0, error.mean_channel_nsr - before)

@@ -39,7 +39,7 @@ def _row(rank: int, error: LayerError) -> str:
     local = "—" if error.local_sqnr_db is None else \
         f"{_db(error.local_sqnr_db)} ({_db(error.local_worst_channel_sqnr_db)})"
     steps = "—" if error.rmse_steps is None else f"{error.rmse_steps:.2f}"
-    return (f"| {rank} | {error.layer} | {error.score:.3g} | {local} | {_db(error.sqnr_db)} | "
+    return (f"| {rank} | {error.label} | {error.score:.3g} | {local} | {_db(error.sqnr_db)} | "
             f"{_db(error.worst_channel_sqnr_db)} (#{error.worst_channel}) | {steps} |")
 
 
@@ -60,7 +60,7 @@ def plot(diagnoses: list[Diagnosis], path: Path) -> None:
         worst = [min(row.worst_channel_sqnr_db, 80) for row in rows]
         axis.plot(positions, capped, marker="o", label="accumulated SQNR (tensor)")
         axis.plot(positions, worst, marker="s", label="accumulated SQNR (worst channel)")
-        axis.set_xticks(list(positions), [row.layer for row in rows], rotation=60, ha="right",
+        axis.set_xticks(list(positions), [row.label for row in rows], rotation=60, ha="right",
                         fontsize=7)
         axis.set_ylabel("dB (capped at 80)")
         axis.set_title(f"{diagnosis.file}: error along the network (validation images)")

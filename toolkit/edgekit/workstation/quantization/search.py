@@ -25,6 +25,7 @@ from edgekit import manifest as manifest_module
 from edgekit.device import datasets, parity, runtime
 from edgekit.workstation.config import ExportConfig, Quantization
 from edgekit.workstation.quantization import diagnose, keras_side
+from edgekit.workstation.quantization.measures import nearest_measured
 
 CANDIDATES = 4  # layers from the top of the diagnosis: 4 singles, then 6 pairs
 REPAIRED = ("int8", "dynamic")
@@ -111,16 +112,26 @@ def candidate_sets(diagnoses: list[diagnose.Diagnosis], arithmetic: set[str],
     artifacts). A layer kept float still has its output quantised where a quantised layer reads
     it, so each worst layer paired with the layer reading it comes before the other pairs."""
     best: dict[str, int] = {}
+    groups: dict[str, list[str]] = {}
     for result in diagnoses:
         for rank, error in enumerate(result.ranked):
             best[error.layer] = min(rank, best.get(error.layer, rank))
+            groups[error.layer] = list(dict.fromkeys(groups.get(error.layer, []) + error.group))
     top = sorted(best, key=best.__getitem__)[:CANDIDATES]
-    sets: list[tuple[str, ...]] = [(name,) for name in top]
-    sets += [(name, child) for name in top for child, inputs in parents.items()
-             if name in inputs and child in best]
-    tried = {frozenset(keep) for keep in sets}
-    sets += [pair for pair in itertools.combinations(top, 2) if frozenset(pair) not in tried]
-    return [keep for keep in sets if not arithmetic or not arithmetic <= set(keep)]
+    units: list[tuple[str, ...]] = [(name,) for name in top]
+    measured = set(best)
+    units += [(name, child) for name in top for child in best
+              if name in nearest_measured(child, parents, measured)]
+    tried = {frozenset(keep) for keep in units}
+    units += [pair for pair in itertools.combinations(top, 2) if frozenset(pair) not in tried]
+    sets = []
+    for unit in units:
+        # A measured layer is kept with the layers fused into its tensor (conv + norm + act.).
+        expanded = tuple(dict.fromkeys(member for name in unit
+                                       for member in (groups.get(name) or [name])))
+        if (not arithmetic or not arithmetic <= set(expanded)) and expanded not in sets:
+            sets.append(expanded)
+    return sets
 
 
 def export_auto(model_path: Path, output_dir: Path, config: ExportConfig,
