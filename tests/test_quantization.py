@@ -219,3 +219,17 @@ def test_layers_fused_into_one_tensor_are_named_and_kept_together():
     sets = search.candidate_sets([Diagnosis("m.onnx", "int8", [], ranked)], set(computing), parents)
     assert sets[0] == ("conv", "bn", "relu")
     assert ("conv", "bn", "relu", "back") in sets[:6]
+
+
+@requires_tensorflow
+def test_keep_float_names_an_unknown_layer_in_one_error_line(exported, runner, tmp_path):
+    from edgekit.cli import main
+
+    result = runner.invoke(main, ["export", "--model", str(exported / "model.keras"),
+                                  "--quantize", "int8", "--keep-float", "no_such_layer",
+                                  "--output-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and "no_such_layer" in lines[0]
+    assert "stem_conv" in lines[0]  # the layers it does have
+    assert not list(tmp_path.iterdir())

@@ -147,6 +147,9 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig,
     if config.keep_float:
         from edgekit.workstation.quantization import repair
 
+        if not any(q in (Quantization.INT8, Quantization.DYNAMIC) for _, q in pairs):
+            raise errors.ExportError("--keep-float changes the int8 and dynamic files; none is "
+                                     "exported (add --quantize int8).")
         repair.check_names(model, config.keep_float)
     reference = reference_module.prepare(model, Path(model_path), spec, input_range, output)
     for warning in reference.dataset.warnings:
