@@ -16,9 +16,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
@@ -94,7 +97,8 @@ class Trial:
                 bar = bars[precision]
                 path = Path(scratch) / file
                 path.write_bytes(self.payload(file, keep))
-                outputs = runtime.load(path, verify_sha256=False).predict(self.images)
+                loaded = runtime.load(path, verify_sha256=False)
+                outputs = loaded.predict(self.images)
                 measures = parity.measure(self.reference, outputs, self.labels,
                                           self.contract.labels)
                 checks = parity.check(measures, bar)
@@ -102,8 +106,23 @@ class Trial:
                 results[file] = {"agreement_percent": round(agreement.value, 3),
                                  "interval": [round(v, 3) for v in agreement.interval or ()],
                                  "bytes": path.stat().st_size,
+                                 "latency_ms_p50": single_image_ms(loaded, self.images[:1]),
+                                 "near_tie_flips": measures["near_tie_flips"],
+                                 "confident_flips": measures["confident_flips"],
                                  "passed": all(check.passed for check in checks)}
         return Step(keep, round(self.int8_share(keep), 4), results)
+
+
+def single_image_ms(loaded: Any, image: np.ndarray, runs: int = 30) -> float:
+    """Median single-image time in this process: a rough figure beside each step (the
+    release's speed is `edgekit benchmark`'s to state)."""
+    loaded.predict(image)
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        loaded.predict(image)
+        times.append(time.perf_counter() - started)
+    return round(1000 * float(np.median(times)), 4)
 
 
 def candidate_sets(diagnoses: list[diagnose.Diagnosis], arithmetic: set[str],
