@@ -5,6 +5,7 @@ gives them. ``measures``: per-layer error arithmetic (SQNR per tensor and per ch
 quantisation steps, local and accumulated) and the ranking. ``diagnose_tflite`` and
 ``diagnose_onnx``: the artifact's own intermediate tensors, mapped to Keras layer names.
 ``diagnose``: the release's validation images, every quantised artifact, the report and plot.
-``repair``: keeping named layers float (TFLite debugger denylist, ONNX ``nodes_to_exclude``)
-and the ``auto`` search.
+``report``: the ranked table and the plot. ``repair``: keeping named layers float (TFLite
+debugger denylist, a dynamic-range file's float weights, ONNX ``nodes_to_exclude``).
+``search``: ``--keep-float auto``.
 """
