@@ -39,9 +39,9 @@ from edgekit.cli.common import (
               help="Store the Keras model's occlusion maps of a test sample, so that "
                    "`edgekit verify --explanations` needs no TensorFlow.")
 @click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER|auto",
-              help="Keep this Keras layer float in the int8 files (repeatable); 'auto' tries the "
-                   "worst layers of `verify --layers`, singles then pairs, until the int8 files "
-                   "pass parity on the validation split.")
+              help="Keep this Keras layer float in the int8 and dynamic files (repeatable); "
+                   "'auto' tries the worst layers of `verify --layers`, singles then pairs, "
+                   "until those files pass parity on the validation split.")
 @friendly_errors
 def export(model_path: Path, export_format: str, quantize: tuple[str, ...], calibration_size: int,
            opset: int, output_dir: Path | None, data: str | None, skip_bad_images: bool,
