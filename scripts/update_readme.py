@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "toolkit"))
 
 README = ROOT / "README.md"
 BENCHMARK_DOC = ROOT / "docs" / "benchmark-method.md"
+QUANTIZATION_DOC = ROOT / "docs" / "quantization.md"
 # Which file holds each generated section: the user's guide keeps the released model's results,
 # docs/ the benchmark's method and the throughput sweep (a record of measurements).
 PLACES: dict[str, Path] = {
@@ -32,6 +33,7 @@ PLACES: dict[str, Path] = {
     "serve": README,
     "benchmark-method": BENCHMARK_DOC,
     "sweep": BENCHMARK_DOC,
+    "layers": QUANTIZATION_DOC,
 }
 
 
@@ -293,6 +295,22 @@ def adopted_note(run: dict) -> str:
             f"({adopted['train_seconds'] / 60:.1f} min), recorded in `exported/train_config.json`.")
 
 
+def layers_section(report: dict) -> str:
+    """The released model's diagnosis (reports/layers.json): its three worst layers per artifact."""
+    lines = [f"On {report['images']} {report['split']} images (`edgekit verify exported --layers`); "
+             "score = max(introduced, local) mean per-channel noise-to-signal ratio, final = "
+             "accumulated SQNR of the output.", "",
+             "| artifact | worst layer (score) | 2nd | 3rd | final SQNR dB |",
+             "|---|---|---|---|---|"]
+    for artifact in report["artifacts"]:
+        ranked = artifact["ranked"]
+        cells = [f"{' + '.join(row.get('group') or [row['layer']])} ({row['score']:.1e})"
+                 for row in ranked[:3]]
+        last = next(row for row in ranked if row["layer"] == artifact["order"][-1])
+        lines.append(f"| {artifact['file']} | {' | '.join(cells)} | {last['sqnr_db']:.1f} |")
+    return "\n".join(lines)
+
+
 def replace(text: str, name: str, body: str, where: str = "README") -> str:
     # The section may be empty (markers on consecutive lines) until first filled.
     pattern = re.compile(rf"(<!-- BEGIN:{name} -->\n)(?:.*?\n)?(<!-- END:{name} -->)", re.S)
@@ -327,6 +345,9 @@ def sections(folder: Path) -> dict[str, str]:
     explain = load(folder / "reports" / "explain.json")
     if explain:
         bodies["explain"] = explain_section(explain)
+    layers = load(folder / "reports" / "layers.json")
+    if layers:
+        bodies["layers"] = layers_section(layers)
     serve = load(folder / "reports" / "serve_benchmark.json")
     if serve:
         bodies["serve"] = serve_section(serve, (benchmark or {}).get("machine", {}).get("cpus"))

@@ -91,7 +91,7 @@ def test_measure_arithmetic():
     assert result["accuracy_drop_pp"] == pytest.approx(25.0)
     assert result["max_abs_diff"] == pytest.approx(0.2)
     assert result["flips"] == [{"index": 2, "true": "T-shirt/top", "reference": "T-shirt/top",
-                                "artifact": "Trouser"}]
+                                "artifact": "Trouser", "near_tie": False}]
 
 
 def test_bar_overrides():

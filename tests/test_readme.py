@@ -40,7 +40,7 @@ def test_fill_writes_only_when_a_section_changed(tmp_path):
 
 def test_every_generated_section_has_markers_in_its_own_file_only():
     expected = {"run", "accuracy", "artifacts", "parity", "benchmark", "comparison",
-                "explain", "serve", "benchmark-method", "sweep"}
+                "explain", "serve", "benchmark-method", "sweep", "layers"}
     assert set(update_readme.PLACES) == expected
     files = set(update_readme.PLACES.values())
     for name, place in update_readme.PLACES.items():

@@ -43,10 +43,15 @@ from edgekit.cli.common import (
 @click.option("--explanations/--no-explanations", default=True, show_default=True,
               help="Store the Keras model's occlusion maps of a test sample, so that "
                    "`edgekit verify --explanations` needs no TensorFlow.")
+@click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER|auto",
+              help="Keep this Keras layer float in the int8 and dynamic files (repeatable); "
+                   "'auto' tries the worst layers of `verify --layers`, singles then pairs, "
+                   "until those files pass parity on the validation split.")
 @friendly_errors
 def export(model_path: Path, export_format: str, quantize: tuple[str, ...], calibration_size: int,
            opset: int, output_dir: Path | None, data: str | None, skip_bad_images: bool,
-           input_range: str | None, output_kind: str | None, explanations: bool) -> None:
+           input_range: str | None, output_kind: str | None, explanations: bool,
+           keep_float: tuple[str, ...]) -> None:
     """Export to TFLite (fp32, fp16, dynamic, int8) and ONNX (fp32, int8) with a manifest.
 
     Works on a model trained by `edgekit train` or a Keras image classifier trained
@@ -55,13 +60,24 @@ def export(model_path: Path, export_format: str, quantize: tuple[str, ...], cali
 
     config = config_or_bad_parameter(ExportConfig, format=export_format, quantize=quantize,
                                      calibration_size=calibration_size, opset=opset,
-                                     explanations=explanations)
+                                     explanations=explanations,
+                                     keep_float=tuple(n for n in keep_float if n != "auto"))
     from edgekit.workstation import export as export_module
 
     output_dir = output_dir or model_path.parent
-    artifacts = export_module.export(model_path, output_dir, config,
-                                     spec=data_spec(data, skip_bad_images),
-                                     input_range=input_range, output=output_kind,
-                                     echo=click.echo)
+    if "auto" in keep_float:
+        if len(keep_float) > 1:
+            raise click.BadParameter("auto searches on its own; give no layer names with it.",
+                                     param_hint="--keep-float")
+        from edgekit.workstation.quantization import search
+
+        artifacts = search.export_auto(model_path, output_dir, config,
+                                       data_spec(data, skip_bad_images), input_range, output_kind,
+                                       echo=click.echo)
+    else:
+        artifacts = export_module.export(model_path, output_dir, config,
+                                         spec=data_spec(data, skip_bad_images),
+                                         input_range=input_range, output=output_kind,
+                                         echo=click.echo)
     click.echo(f"{len(artifacts)} artifact(s) and {output_dir}/manifest.json written")
     click.echo(f"Next: edgekit verify {output_dir}")

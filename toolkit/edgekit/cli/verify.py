@@ -26,12 +26,20 @@ from edgekit.cli.common import DEFAULT_EXPORT_DIR, data_spec, friendly_errors, r
                    "ones (explanation parity); writes reports/explain.json and explain.png.")
 @click.option("--explanation-bar", "explanation_overrides", multiple=True,
               metavar="PRECISION.MEASURE=VALUE", help=explain.BAR_HELP)
+@click.option("--layers", is_flag=True,
+              help="Instead of parity: which layers each quantised artifact's error comes from, "
+                   "on validation images (needs TensorFlow); writes reports/layers.json and .png.")
 @recorded_data_option
 @friendly_errors
 def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | None, no_write: bool,
-           explanations: bool, explanation_overrides: tuple[str, ...], data: str | None,
-           skip_bad_images: bool) -> None:
+           explanations: bool, explanation_overrides: tuple[str, ...], layers: bool,
+           data: str | None, skip_bad_images: bool) -> None:
     """Check every exported artifact against the Keras reference; exit 1 if any bar is missed."""
+    if layers:
+        from edgekit.cli import layers as layers_command
+
+        layers_command.diagnose(folder, data_spec(data, skip_bad_images), write=not no_write)
+        return
     from edgekit.device import parity
     from edgekit.device import verify as verify_module
 
@@ -61,6 +69,8 @@ def verify(folder: Path, golden: bool, bars: tuple[str, ...], threads: int | Non
     failed = [result for result in results if not result.passed]
     seconds = time.perf_counter() - started
     if failed:
+        if any(result.precision in ("int8", "dynamic") for result in failed):
+            click.echo(f"To see which layers are to blame: edgekit verify {folder} --layers")
         details = "; ".join(f"{result.file}: {', '.join(result.failures())}" for result in failed)
         raise click.ClickException(f"parity failed for {len(failed)} of {len(results)} "
                                    f"artifact(s): {details}")

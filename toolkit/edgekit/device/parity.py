@@ -187,6 +187,7 @@ def measure(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray,
             }
     reference_accuracy = float(reference_correct.mean())
     accuracy = float(artifact_correct.mean())
+    near_tie = near_ties(reference, difference)
     return {
         "images": int(len(labels)),
         "accuracy": accuracy,
@@ -199,12 +200,23 @@ def measure(reference: np.ndarray, outputs: np.ndarray, labels: np.ndarray,
         "flips": [
             {"index": int(indices[i]), "true": class_names[labels[i]],
              "reference": class_names[reference_class[i]],
-             "artifact": class_names[artifact_class[i]]}
+             "artifact": class_names[artifact_class[i]], "near_tie": bool(near_tie[i])}
             for i in flipped
         ],
+        "near_tie_flips": int(near_tie[flipped].sum()),
+        "confident_flips": int((~near_tie[flipped]).sum()),
         "per_class": per_class,
         "mcnemar": mcnemar_exact(reference_correct, artifact_correct),
     }
+
+
+def near_ties(reference: np.ndarray, difference: np.ndarray) -> np.ndarray:
+    """Per image: the reference's own top-2 margin is smaller than the artifact's error there
+    (its largest |Δp| over classes). A flip on such an image is a near-tie that a perturbation
+    of the artifact's size can flip; a flip on the others is a confident answer changed."""
+    top2 = np.sort(reference.astype(np.float64), axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    return np.asarray(margin < difference.max(axis=1))
 
 
 def check(measures: dict[str, Any], bar: Bar) -> list[Check]:

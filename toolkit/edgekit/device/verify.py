@@ -255,7 +255,11 @@ def markdown(results: list[ArtifactResult], source: str) -> str:
             lines.append(f"| {label} | {row['reference_accuracy']:.2%} | "
                          f"{row['artifact_accuracy']:.2%} | {row['delta_pp']:+.2f} |")
         flips = result.measures["flips"]
-        lines += ["", f"Flips ({len(flips)}):" if flips else "No flips."]
+        ties = result.measures.get("near_tie_flips")
+        split = "" if ties is None else (f"; {ties} near-ties (Keras top-2 margin < the artifact's "
+                                         f"max |Δp| on that image), "
+                                         f"{result.measures['confident_flips']} confident")
+        lines += ["", f"Flips ({len(flips)}{split}):" if flips else "No flips."]
         if flips:
             lines += ["", "| test index | true | reference | artifact |", "|---|---|---|---|"]
             lines += [f"| {flip['index']} | {flip['true']} | {flip['reference']} | "

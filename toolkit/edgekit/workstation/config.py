@@ -176,9 +176,11 @@ class ExportConfig:
     opset: int = 17
     seed: int = 0
     explanations: bool = True  # store the Keras model's occlusion maps for verify --explanations
+    keep_float: tuple[str, ...] = ()  # Keras layers left float in the int8 files
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", ExportFormat(self.format))
+        object.__setattr__(self, "keep_float", tuple(self.keep_float))
         object.__setattr__(self, "quantize", tuple(Quantization(q) for q in self.quantize))
         if self.calibration_size < 1:
             raise ValueError("calibration size must be at least 1")

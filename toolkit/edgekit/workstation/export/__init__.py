@@ -144,6 +144,13 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig,
 
     pairs = plan(config)
     model = evaluation.load_keras_model(model_path)
+    if config.keep_float:
+        from edgekit.workstation.quantization import repair
+
+        if not any(q in (Quantization.INT8, Quantization.DYNAMIC) for _, q in pairs):
+            raise errors.ExportError("--keep-float changes the int8 and dynamic files; none is "
+                                     "exported (add --quantize int8).")
+        repair.check_names(model, config.keep_float)
     reference = reference_module.prepare(model, Path(model_path), spec, input_range, output)
     for warning in reference.dataset.warnings:
         echo(f"warning: {warning}")
@@ -196,12 +203,13 @@ def _export_into(reference: reference_module.Reference, model_path: Path, output
         try:
             with quiet_native_output():
                 if export_format == ExportFormat.TFLITE:
-                    payload = to_tflite(model, quantization, calibration, contract)
+                    payload = to_tflite(model, quantization, calibration, contract,
+                                        config.keep_float)
                 else:
                     if onnx_float is None:
                         onnx_float = to_onnx(model, config.opset, contract)
                     proto = onnx_float if quantization == Quantization.NONE \
-                        else quantize_onnx(onnx_float, calibration)
+                        else quantize_onnx(onnx_float, calibration, config.keep_float)
                     payload = serialized(proto, PRECISION_NAMES[quantization], contract)
         except Exception as error:
             raise conversion_error(error, export_format, quantization) from error
@@ -237,6 +245,8 @@ def artifact_entry(path: Path, export_format: ExportFormat, quantization: Quanti
                    config: ExportConfig, seconds: float) -> dict[str, Any]:
     loaded = runtime.load(path, verify_sha256=False)
     settings: dict[str, Any] = {"seconds": round(seconds, 2)}
+    if quantization in (Quantization.INT8, Quantization.DYNAMIC):
+        settings["keep_float"] = list(config.keep_float)  # Keras layer names left float
     if quantization == Quantization.INT8:
         settings["calibration_images"] = config.calibration_size
         settings["calibration_source"] = "training split, seeded random sample"

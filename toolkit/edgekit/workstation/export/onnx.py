@@ -117,7 +117,16 @@ def classifier_head(proto: Any) -> list[str]:
     return head
 
 
-def quantize_onnx(float_proto: Any, calibration: np.ndarray) -> Any:
+def kept_nodes(proto: Any, keep_float: tuple[str, ...]) -> list[str]:
+    """Nodes whose output tensors carry a kept Keras layer's name (tf2onnx keeps the scopes)."""
+    from edgekit.workstation.quantization.keras_side import layers_named_in
+
+    wanted = set(keep_float)
+    return [node.name for node in proto.graph.node
+            if any(wanted & set(layers_named_in(output, wanted)) for output in node.output)]
+
+
+def quantize_onnx(float_proto: Any, calibration: np.ndarray, keep_float: tuple[str, ...] = ()) -> Any:
     """Static QDQ int8 quantisation with ONNX Runtime, calibrated on training images.
 
     ``reduce_range`` (7-bit weights): on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels
@@ -126,6 +135,7 @@ def quantize_onnx(float_proto: Any, calibration: np.ndarray) -> Any:
     classifier head takes it to 99.58%). ONNX Runtime's quantization guide recommends
     reduce_range or U8U8 on such CPUs:
     https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
+    ``keep_float``: Keras layers whose nodes are excluded too (``--keep-float``).
     """
     import onnx
     from onnxruntime import quantization as ort_quantization
@@ -147,7 +157,7 @@ def quantize_onnx(float_proto: Any, calibration: np.ndarray) -> Any:
                 weight_type=ort_quantization.QuantType.QInt8,
                 per_channel=True,
                 reduce_range=True,
-                nodes_to_exclude=classifier_head(prepared),
+                nodes_to_exclude=classifier_head(prepared) + kept_nodes(prepared, keep_float),
                 calibrate_method=ort_quantization.CalibrationMethod.MinMax,
             )
         except Exception as error:

@@ -20,7 +20,9 @@ from edgekit.workstation.export.tflite_graph import keep_first_conv_float32, sta
 
 
 def to_tflite(model: Any, quantization: Quantization, calibration: np.ndarray,
-              contract: InputContract) -> bytes:
+              contract: InputContract, keep_float: tuple[str, ...] = ()) -> bytes:
+    """``keep_float``: Keras layers left in float in the int8 and dynamic files (see
+    quantization.repair)."""
     import tensorflow as tf
 
     # from_keras_model freezes Keras 3 variables into the flatbuffer; from_concrete_functions
@@ -38,7 +40,17 @@ def to_tflite(model: Any, quantization: Quantization, calibration: np.ndarray,
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
     try:
-        flatbuffer = converter.convert()
+        if quantization == Quantization.INT8 and keep_float:
+            from edgekit.workstation.quantization import repair
+
+            flatbuffer = repair.int8_keeping_float(model, calibration, keep_float)
+        else:
+            flatbuffer = converter.convert()
+        if quantization == Quantization.DYNAMIC and keep_float:
+            from edgekit.workstation.quantization import repair
+
+            float32 = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+            flatbuffer = repair.dynamic_keeping_float(flatbuffer, float32, keep_float)
         if quantization == Quantization.FLOAT16:
             float32 = tf.lite.TFLiteConverter.from_keras_model(model).convert()
             flatbuffer = keep_first_conv_float32(flatbuffer, float32)

@@ -1,0 +1,76 @@
+"""A model whose int8 export fails parity for a known reason: one outlier activation channel.
+
+A small CNN is trained on scikit-learn's digits (16x16 grey PNG folders); then, without
+changing its function, one output channel of ``outlier_conv`` is multiplied by 1000 and the
+depthwise 1x1 ``scale_back`` after it divides that channel by 1000. An int8 tensor with one
+scale per tensor then spends its 256 steps on the outlier channel, and the other channels of
+``outlier_conv``'s output round to zero. Keeping ``outlier_conv`` and ``scale_back`` float
+repairs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+OUTLIER_CHANNEL = 3
+FACTOR = 1000.0
+
+
+def digits_folder(root: Path) -> Path:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for index, (image, target) in enumerate(zip(digits.images, digits.target, strict=True)):
+        path = root / f"digit {target}" / f"{index:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        small = Image.fromarray(np.rint(image * 255 / 16).astype(np.uint8), mode="L")
+        small.resize((16, 16), Image.Resampling.BILINEAR).save(path)
+    return root
+
+
+def build(seed: int = 0):  # type: ignore[no-untyped-def]
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16, 16, 1), name="pixels")
+    x = keras.layers.Rescaling(1 / 255, name="scale")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="outlier_conv")(x)
+    x = keras.layers.DepthwiseConv2D(1, use_bias=False, depthwise_initializer="ones",
+                                     trainable=False, name="scale_back")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv_b")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="outlier_case")
+
+
+def add_outlier(model, channel: int = OUTLIER_CHANNEL, factor: float = FACTOR) -> None:  # type: ignore[no-untyped-def]
+    """Scale one channel of ``outlier_conv`` up and ``scale_back`` down: same function."""
+    kernel, bias = model.get_layer("outlier_conv").get_weights()
+    kernel[..., channel] *= factor
+    bias[channel] *= factor
+    model.get_layer("outlier_conv").set_weights([kernel, bias])
+    (depthwise,) = model.get_layer("scale_back").get_weights()
+    depthwise[0, 0, channel, 0] = 1 / factor
+    model.get_layer("scale_back").set_weights([depthwise])
+
+
+def make(root: Path, epochs: int = 15) -> tuple[Path, Path]:
+    """The digits folder and the trained outlier model (``root/run/model.keras``)."""
+    data = digits_folder(root / "digits")
+    files = sorted(data.glob("*/*.png"))
+    images = np.stack([np.asarray(Image.open(path))[..., None] for path in files]).astype("float32")
+    labels = np.array([int(path.parent.name.split()[-1]) for path in files])
+    import keras
+
+    model = build()
+    model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
+    model.fit(images, labels, epochs=epochs, batch_size=64, verbose=0, shuffle=True)
+    add_outlier(model)
+    run = root / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    model.save(run / "model.keras")
+    return data, run / "model.keras"
