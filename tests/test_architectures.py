@@ -274,3 +274,23 @@ def test_a_lambda_layer_is_one_error_line_not_code_run(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert result.returncode == 1 and len(errors) == 1 and "Lambda layer" in errors[0]
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_re_exporting_a_wrapped_release_does_not_wrap_it_twice(tmp_path):
+    data = grey_folder(tmp_path / "data")
+    path = tmp_path / "unscaled.keras"
+    sequential(scale=False).save(path)
+    release = tmp_path / "release"
+    options = ("--data", str(data), "--input-range", "0-1", "--output-dir", str(release),
+               "--format", "tflite", "--quantize", "none", "--no-explanations")
+    first = run_cli("export", "--model", str(path), *options)
+    assert first.returncode == 0, first.stderr[-2000:]
+    from edgekit.device import runtime
+
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 1)).astype(np.uint8)
+    before = runtime.load(release / "model_fp32.tflite").predict(pixels)
+    again = run_cli("export", "--model", str(release / "model.keras"), *options)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((release / "manifest.json").read_text())["reference"]["wrapped"] is False
+    np.testing.assert_allclose(runtime.load(release / "model_fp32.tflite").predict(pixels), before,
+                               atol=1e-6)

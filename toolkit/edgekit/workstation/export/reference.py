@@ -19,6 +19,7 @@ from edgekit.device import datasets
 from edgekit.workstation import model_data, preprocessing, training
 
 OUTPUTS = ("probabilities", "logits")
+WRAPPED_PREFIX = "edgekit_wrapped_"
 SCALING_LAYERS = ("Rescaling", "Normalization")
 
 
@@ -116,6 +117,10 @@ def prepare(model: Any, model_path: Path, spec: datasets.DataSpec | None,
     record = training.load_record(model_path)
     trained_here = training.contract_of_record(record) is not None or (
         record is not None and _first_layer_scales(model) and _ends_in_softmax(model))
+    if str(model.name).startswith(WRAPPED_PREFIX):
+        # A release's own model.keras, already wrapped by an earlier export: it takes 0..255
+        # and returns probabilities whatever the original needed; wrapping again would scale twice.
+        input_range, output = "0-255", "probabilities"
     if input_range is None:
         if trained_here or _first_layer_scales(model):
             input_range = "0-255"
@@ -136,7 +141,7 @@ def prepare(model: Any, model_path: Path, spec: datasets.DataSpec | None,
         x = model(x)
         if output == "logits":
             x = keras.layers.Softmax(name="edgekit_softmax")(x)
-        model = keras.Model(inputs, x, name=f"edgekit_wrapped_{model.name}")
+        model = keras.Model(inputs, x, name=f"{WRAPPED_PREFIX}{model.name}")
     contract = dataclasses.replace(
         dataset.contract,
         scaling="inside the graph" + (f" ({input_range} preprocessing added at export: the model "
