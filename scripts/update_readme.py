@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "toolkit"))
 
 README = ROOT / "README.md"
 BENCHMARK_DOC = ROOT / "docs" / "benchmark-method.md"
+EDGE_DOC = ROOT / "docs" / "edge-model.md"
 QUANTIZATION_DOC = ROOT / "docs" / "quantization.md"
 # Which file holds each generated section: the user's guide keeps the released model's results,
 # docs/ the benchmark's method and the throughput sweep (a record of measurements).
@@ -28,12 +29,12 @@ PLACES: dict[str, Path] = {
     "artifacts": README,
     "parity": README,
     "benchmark": README,
-    "comparison": README,
+    "comparison": EDGE_DOC,
     "explain": README,
     "serve": README,
     "benchmark-method": BENCHMARK_DOC,
     "sweep": BENCHMARK_DOC,
-    "layers": QUANTIZATION_DOC,
+    "layers": README,
 }
 
 
@@ -54,14 +55,13 @@ def accuracy_section(metrics: dict, manifest: dict) -> str:
         f"`{reference.get('architecture', '?')}` CNN, {reference.get('parameters', 0):,} parameters, "
         + kept_weights(training) + ".",
         "",
-        "| class | precision | recall | F1 | images |",
-        "|---|---|---|---|---|",
+        "Recall per class (precision and F1: `exported/reports/classification_report.txt`): "
+        + ", ".join(f"{label} {scores['recall']:.1%}" for label, scores in metrics["per_class"].items())
+        + ".",
+        "",
+        "![confusion matrix](exported/reports/confusion_matrix.png) "
+        "![training curves](exported/reports/training_curves.png)",
     ]
-    for label, scores in metrics["per_class"].items():
-        lines.append(f"| {label} | {scores['precision']:.4f} | {scores['recall']:.4f} | "
-                     f"{scores['f1']:.4f} | {scores['support']} |")
-    lines += ["", "![confusion matrix](exported/reports/confusion_matrix.png) "
-              "![training curves](exported/reports/training_curves.png)"]
     return "\n".join(lines)
 
 
