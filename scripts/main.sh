@@ -58,6 +58,7 @@ fi
 step evaluate  "$EDGEKIT" evaluate --model "$OUT/model.keras" --output-dir "$OUT/reports"
 step export    "$EDGEKIT" export --model "$OUT/model.keras" --format all --output-dir "$OUT"
 step verify    "$EDGEKIT" verify "$OUT" --explanations   # parity, then explanation parity
+step layers    "$EDGEKIT" verify "$OUT" --layers         # where the quantised files' error comes from
 COMPARE=()  # the reference CNN's release, measured in the same benchmark run
 if [ -f "$OUT/reference/manifest.json" ]; then COMPARE=(--compare "$OUT/reference"); fi
 step benchmark "$EDGEKIT" benchmark "$OUT" --training --sweep "${COMPARE[@]}"
