@@ -160,11 +160,15 @@ def test_committed_artifacts_meet_their_explanation_bars(exported):
 
 @pytest.fixture(scope="module")
 def toy_keras(tmp_path_factory):
+    pytest.importorskip("tensorflow")
+    return save_toy_keras(tmp_path_factory.mktemp("toy"))
+
+
+def save_toy_keras(folder: Path) -> Path:
     """The constructed model in Keras, with fixed weights: keep the top-left quadrant (crop,
     then pad back with zeros), a 1x1 conv taking the mean of the channels (the last
     convolution, so Grad-CAM reads a map that is zero outside the quadrant), average, a dense
     layer of slopes 4 x [3, 0, -3, 0] (the average covers four quadrants), softmax."""
-    pytest.importorskip("tensorflow")
     import keras
 
     inputs = keras.Input(shape=TOY.shape, name="pixels")
@@ -179,7 +183,7 @@ def toy_keras(tmp_path_factory):
                                          np.zeros(1, np.float32)])
     model.get_layer("probabilities").set_weights([
         np.array([[4 * SLOPE, 0, -4 * SLOPE, 0]], np.float32), np.zeros(4, np.float32)])
-    path = tmp_path_factory.mktemp("toy") / "toy.keras"
+    path = folder / "toy.keras"
     model.save(path)
     return path
 
