@@ -101,8 +101,8 @@ def _block_output(model: keras.Model, convolution: keras.layers.Layer) -> keras.
         activation = getattr(layer, "activation", None)
         if not isinstance(layer, BLOCK_ENDS) or (activation is not None and _is_softmax(activation)):
             break
-        if not sequential and (len(getattr(layer, "_inbound_nodes", [])) != 1
-                               or layer.input is not chosen.output):
+        # Its first call (later ones are re-traces by gradient_model) reads the block so far.
+        if not sequential and layer.input is not chosen.output:
             break
         chosen = layer
     return chosen
