@@ -147,6 +147,7 @@ def grey_folder(root: Path, test_split, per_class: int = 75) -> Path:
     return root
 
 
+@pytest.mark.slow  # an export and a verify: 50-60 s on a busy 2-core machine
 @requires_tensorflow
 def test_a_sequential_keras_model_exports_with_its_explanation_reference(tmp_path, test_split,
                                                                          monkeypatch):
@@ -167,7 +168,7 @@ def test_a_sequential_keras_model_exports_with_its_explanation_reference(tmp_pat
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert "Traceback" not in exported.stderr
     record = json.loads((release / "manifest.json").read_text())["reference"]["explanations"]
-    assert record["methods"] == ["gradcam", "hirescam", "layercam"]
+    assert record.get("methods") == ["gradcam", "hirescam", "layercam"], (record, exported.stdout)
     assert record["default_method"] == "hirescam" and record["images"] > 0
     assert record["seconds"] <= record["budget_seconds"] * 1.5 + 5  # a third of the export
     verified = run_cli("verify", str(release), "--data", str(data), "--explanations", "--no-write")
@@ -185,6 +186,7 @@ def test_a_sequential_keras_model_exports_with_its_explanation_reference(tmp_pat
     assert record["methods"] == [] and record["default_method"] is None
     assert any("gradient maps could not be made" in note for note in notes)
     # A budget too small for even a few images: skipped, with a note in the manifest.
+    monkeypatch.setattr(explain_reference, "MIN_BUDGET_SECONDS", 0.0)
     record = explain_reference.write_reference_maps(
         release, spec=datasets.DataSpec(str(data)), budget_seconds=1e-4, echo=notes.append)
     assert "skipped" in record and not (release / "explain_reference.npz").exists()

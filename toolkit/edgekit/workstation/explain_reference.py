@@ -34,6 +34,9 @@ KERAS_BATCH = 1000
 # A re-initialised model's maps must correlate less than this with the trained model's.
 RANDOMISED_MAX_RANK_CORRELATION = 0.5
 MIN_SAMPLE = 20  # under a budget, fewer affordable images than this: no reference, a note
+# The least budget: a third of a seconds-long export of a tiny model would not cover Keras'
+# own start-up; the budget matters for large models (ResNet50's export takes minutes).
+MIN_BUDGET_SECONDS = 10.0
 TIMED_IMAGES = 32  # the batch whose forward pass estimates the cost
 
 
@@ -157,6 +160,7 @@ def affordable_sample(model: keras.Model, images: np.ndarray, settings: occlusio
     passes per method, twice), estimated from a timed forward pass."""
     if budget_seconds is None:
         return wanted, {}
+    budget_seconds = max(budget_seconds, MIN_BUDGET_SECONDS)
     height, width = images.shape[1:3]
     passes = 2 * (len(occlusion.windows(height, width, settings)) + 1) + 6 * len(gradcam.METHODS)
     per_image = per_image_seconds(model, images) * passes
@@ -212,13 +216,13 @@ def write_reference_maps(release_folder: str | Path, keras_model_path: str | Pat
     count, cost = affordable_sample(model, test.images, settings, sample_size, budget_seconds)
     if count < min(MIN_SAMPLE, sample_size):
         note = (f"the explanation reference was skipped: one image's maps take about "
-                f"{cost['estimated_seconds_per_image']:.2f} s, and {budget_seconds:.0f} s (a third "
+                f"{cost['estimated_seconds_per_image']:.2f} s, and {cost['budget_seconds']:.0f} s (a third "
                 "of the export's time) would not cover " f"{MIN_SAMPLE}; make it with `edgekit "
                 f"explain {folder} --write-reference`")
         return _record_skipped(folder, {"skipped": note, **cost}, echo)
     if count < sample_size:
-        notes.append(f"{count} of {sample_size} images, to stay within {budget_seconds:.0f} s "
-                     "(a third of the export's time)")
+        notes.append(f"{count} of {sample_size} images, to stay within "
+                     f"{cost['budget_seconds']:.0f} s (a third of the export's time)")
     chosen_layer = _layer_or_note(model, layer, notes)
     indices = explanation_parity.sample_indices(len(test), count, seed)
     images = test.images[indices]
