@@ -1,4 +1,4 @@
-"""`edgekit explain`: occlusion maps of every artifact and Grad-CAM of the Keras model.
+"""`edgekit explain`: occlusion maps of every artifact, the Keras model's gradient map, faithfulness.
 
 Occlusion runs through edgekit.runtime, so the command works on the device install; the
 Keras model's panels (Grad-CAM and its occlusion map) are added where TensorFlow is installed.

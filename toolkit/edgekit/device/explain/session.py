@@ -219,14 +219,17 @@ def _scores_at(scores: faithfulness.Scores | None, number: int) -> dict[str, Any
 
 def score_lines(explanation: Explanation) -> list[str]:
     """Per model, the mean AUCs over the inputs: deletion (lower is better) / insertion."""
-    lines = []
+    lines = [f"faithfulness, mean over {len(explanation.inputs.sources)} input(s) (lower "
+             "deletion and higher insertion area than random is better):"] if explanation.scores \
+        else []
+    gradient = explanation.gradcam_title.split(" (")[0] or "gradient map"
     for name, scores in explanation.scores.items():
         for fill in scores.fills:
-            cells = [f"{'gradient map' if method == 'gradient' else method} "
+            cells = [f"{gradient if method == 'gradient' else method} "
                      f"{scores.deletion[fill][method].mean():.3f}/"
                      f"{scores.insertion[fill][method].mean():.3f}"
                      for method in scores.deletion[fill]]
-            lines.append(f"{name}, {fill} fill: deletion/insertion AUC " + ", ".join(cells))
+            lines.append(f"  {name}, {fill} fill: deletion/insertion AUC " + ", ".join(cells))
     return lines
 
 
