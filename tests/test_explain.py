@@ -375,6 +375,9 @@ def test_verify_explanations_writes_the_report(exported_copy):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     report = json.loads((exported_copy / "reports" / "explain.json").read_text())
     assert report["passed"] and len(report["artifacts"]) == 6
+    assert report["faithfulness"]["check"]["passed"] and report["faithfulness"]["passed"]
+    assert set(report["deletion"]) == set(report["insertion"]) == set(report["random"]) == {
+        "background", "mean"}
     assert (exported_copy / "reports" / "explain.png").is_file()
     manifest = json.loads((exported_copy / "manifest.json").read_text())
     assert all(entry["explanation"]["passed"] for entry in manifest["artifacts"])

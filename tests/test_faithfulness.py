@@ -203,4 +203,23 @@ def test_the_committed_default_map_beats_random(exported):
         assert report["deletion"][fill][default]["auc"] < report["random"][fill]["deletion"]["auc"]
         assert report["insertion"][fill][default]["auc"] > report["random"][fill]["insertion"]["auc"]
         assert {"gradcam", "occlusion"} <= set(report["deletion"][fill])
-    assert "passed" not in json.dumps(report["sanity"].get("gradcam_vs_occlusion", {}))
+    assert set(report["sanity"]) == {"randomised_weights"}  # Grad-CAM vs occlusion: a number
+    manifest = json.loads((exported / "manifest.json").read_text())
+    assert "gradcam" in manifest["reference"]["explanations"]["versus_occlusion"]
+
+
+def test_a_default_map_no_better_than_random_fails_explanation_parity(exported):
+    from edgekit import manifest
+    from edgekit.device.explain import parity
+
+    reference = parity.load_reference_maps(exported, manifest.load(exported))
+    assert reference.default_method == "hirescam" and reference.mean_image is not None
+    same = np.random.default_rng(1).random(len(reference.indices))
+    tied = {fill: {"hirescam": same, "random": same} for fill in faithfulness.FILLS}
+    scored = parity.Faithfulness("model_fp32.tflite", faithfulness.Scores(tied, tied, 20), 0.0)
+    measurement = parity.Measurement(reference, np.zeros(1), np.zeros(1), [], {}, scored)
+    assert not measurement.passed
+    assert "the hirescam map does not beat a random ranking" in parity.failure_message(measurement)
+    unscored = parity.Faithfulness("model_fp32.tflite", None, 0.0, "cannot load it")
+    assert "could not be scored (cannot load it)" in parity.failure_message(
+        parity.Measurement(reference, np.zeros(1), np.zeros(1), [], {}, unscored))

@@ -335,7 +335,7 @@ def failure_message(measurement: Measurement) -> str:
             check = scored.check(method) or {}
             why = "does not beat a random ranking by 2 standard errors with the " + ", ".join(
                 f"{fill} fill" for fill in scored.scores.fills if not check[fill]["passed"])
-        parts.append(f"the {method} maps {why}")
+        parts.append(f"the {method} map {why}")
     return "; ".join(parts)
 
 
