@@ -224,7 +224,8 @@ def comparison_section(folder: Path, benchmark: dict) -> str | None:
 
 
 def explain_section(report: dict) -> str:
-    """Explanation parity (verify --explanations): each artifact's mean rank correlation."""
+    """Explanation parity (verify --explanations): each artifact's mean rank correlation, the
+    maps' deletion/insertion scores against random, and the sanity checks."""
     names = {"model_int8.tflite": "int8 TFLite", "model_int8.onnx": "int8 ONNX",
              "model_fp32.tflite": "fp32 TFLite", "model_fp32.onnx": "fp32 ONNX",
              "model_fp16.tflite": "fp16", "model_dynamic.tflite": "dynamic"}
@@ -233,23 +234,47 @@ def explain_section(report: dict) -> str:
         for entry in report["artifacts"] if entry.get("measures"))
     bars = " / ".join(f"{bar['min_rank_correlation']:g} {precision}"
                       for precision, bar in report["bars"].items())
+    artifacts_passed = all(entry.get("passed") for entry in report["artifacts"])
+    text = (f"On {report['measured_on']}: mean rank correlation with the Keras model's maps "
+            f"{measured} (bars {bars}): "
+            + ("every artifact passed." if artifacts_passed else "**an artifact failed**."))
+    text += faithfulness_sentence(report)
     sanity = report.get("sanity") or {}
-    checks = []
     randomised = sanity.get("randomised_weights")
     if randomised:
-        checks.append("randomised weights change the maps (occlusion "
-                      f"{randomised['occlusion_rank_correlation']['value']:.3f}, Grad-CAM "
-                      f"{randomised['gradcam_rank_correlation']['value']:.3f}): "
-                      + ("passed" if randomised["passed"] else "**failed**"))
-    against = sanity.get("gradcam_vs_occlusion")
-    if against:
-        correlation = against["rank_correlation"]
-        checks.append(f"Grad-CAM against occlusion {correlation['value']:.3f} (chance "
-                      f"{correlation['chance']:.3f}): " + ("passed" if against["passed"] else "**failed**"))
-    return (f"On {report['measured_on']}: mean rank correlation with the Keras model's maps "
-            f"{measured} (bars {bars}): " + ("every artifact passed" if report["passed"]
-                                             else "**an artifact failed**")
-            + (". Sanity checks: " + "; ".join(checks) if checks else "") + ".")
+        values = ", ".join(f"{name.removesuffix('_rank_correlation')} {check['value']:.3f}"
+                           for name, check in randomised.items() if isinstance(check, dict))
+        text += (f" Randomised weights change every map (rank correlation with the trained "
+                 f"model's: {values}; below 0.5): "
+                 + ("passed." if randomised["passed"] else "**failed**."))
+    return text
+
+
+TITLES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM",
+          "occlusion": "occlusion"}
+
+
+def faithfulness_sentence(report: dict) -> str:
+    """Deletion/insertion AUCs of the default map, Grad-CAM and occlusion beside random's."""
+    scored = report.get("faithfulness") or {}
+    if "deletion" not in report or not scored.get("default_method"):
+        return ""
+    default = scored["default_method"]
+    parts = []
+    for fill in report["deletion"]:
+        random = report["random"][fill]
+        cells = ", ".join(
+            f"{TITLES.get(method, method)} {report['deletion'][fill][method]['auc']:.3f}/"
+            f"{report['insertion'][fill][method]['auc']:.3f}"
+            for method in dict.fromkeys([default, "gradcam", "occlusion"])
+            if method in report["deletion"][fill])
+        parts.append(f"{fill} fill: {cells}, random {random['deletion']['auc']:.3f}/"
+                     f"{random['insertion']['auc']:.3f}")
+    check = scored.get("check") or {}
+    return (f" Faithfulness (deletion/insertion AUC through {scored['scored_on']}, lower/higher "
+            f"is better; random: a random order of patch-sized blocks): " + "; ".join(parts)
+            + f". {TITLES.get(default, default)}, the default map, beats random by more than two "
+            "standard errors for each fill: " + ("passed." if check.get("passed") else "**failed**."))
 
 
 def serve_section(report: dict, cpus: int | None) -> str:

@@ -1,4 +1,4 @@
-"""`edgekit explain`: occlusion maps of every artifact and Grad-CAM of the Keras model.
+"""`edgekit explain`: occlusion maps of every artifact, the Keras model's gradient map, faithfulness.
 
 Occlusion runs through edgekit.runtime, so the command works on the device install; the
 Keras model's panels (Grad-CAM and its occlusion map) are added where TensorFlow is installed.
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 NO_TENSORFLOW = ("note: TensorFlow is not installed, so Grad-CAM and the Keras model's occlusion "
                  "map are left out (pip install 'edgekit[train]' adds them)")
+METHODS = ("hirescam", "gradcam", "layercam")  # the first is the default (docs/explain.md)
 BAR_HELP = ("Override an explanation bar, e.g. int8.rank_correlation=0.9, fp32.top_overlap=0.99 "
             "(mean rank correlation and top-10 % IoU with the Keras maps, 0..1). Repeatable.")
 
@@ -42,7 +43,10 @@ BAR_HELP = ("Override an explanation bar, e.g. int8.rank_correlation=0.9, fp32.t
               help="An artifact (.tflite, .onnx) to include, or the .keras model. Repeatable. "
                    "Default: every artifact of the manifest, plus its Keras model.")
 @click.option("--no-keras", is_flag=True, help="Leave out the Keras model (and Grad-CAM).")
-@click.option("--layer", help="The layer Grad-CAM reads (default: the last convolution).")
+@click.option("--method", type=click.Choice(METHODS), default=METHODS[0], show_default=True,
+              help="The Keras model's gradient map: HiResCAM (faithful for the released "
+                   "networks' Flatten head; measured in docs/explain.md), Grad-CAM or LayerCAM.")
+@click.option("--layer", help="The layer the gradient map reads (default: the last convolution).")
 @click.option("--patch", type=click.IntRange(1), default=None,
               help="Occlusion patch side in pixels (default: about a seventh of the input).")
 @click.option("--stride", type=click.IntRange(1), default=None,
@@ -65,10 +69,11 @@ BAR_HELP = ("Override an explanation bar, e.g. int8.rank_correlation=0.9, fp32.t
 @friendly_errors
 def explain(folder: Path, image_paths: tuple[Path, ...], indices: tuple[int, ...], wrong: int,
             class_name: str | None, model_paths: tuple[Path, ...], no_keras: bool,
-            layer: str | None, patch: int | None, stride: int | None, output_dir: Path | None,
+            method: str, layer: str | None, patch: int | None, stride: int | None, output_dir: Path | None,
             parity: bool, bars: tuple[str, ...], write_reference: bool, sample: int, seed: int,
             threads: int | None, data: str | None, skip_bad_images: bool) -> None:
-    """Show where each model looks: Grad-CAM of the Keras model, occlusion maps of every artifact.
+    """Show where each model looks: a gradient map of the Keras model (HiResCAM by default),
+    occlusion maps of every artifact, and how faithful each map is (deletion/insertion AUCs).
 
     \b
     Examples:
@@ -95,8 +100,8 @@ def explain(folder: Path, image_paths: tuple[Path, ...], indices: tuple[int, ...
             raise click.ClickException(failure_message(measurement))
         click.echo(f"all {len(measurement.results)} artifacts pass explanation parity")
         return
-    explain_inputs(folder, image_paths, indices, wrong, class_name, model_paths, no_keras, layer,
-                   patch, stride, output_dir, threads, spec)
+    explain_inputs(folder, image_paths, indices, wrong, class_name, model_paths, no_keras,
+                   (method, layer), patch, stride, output_dir, threads, spec)
 
 
 def explanation_bars(overrides: tuple[str, ...], option: str = "--bar") -> dict[str, Any]:
@@ -121,9 +126,21 @@ def explanation_parity(folder: Path, bars: dict[str, Any], spec: Any, threads: i
     for line in parity_module.table(measurement):
         echo(line)
     record = (manifest_module.load(folder).get("reference") or {}).get("explanations") or {}
+    if measurement.faithfulness is not None and measurement.faithfulness.scores is not None:
+        echo(f"faithfulness of the Keras model's maps, through "
+             f"{measurement.faithfulness.scored_on} (lower deletion, higher insertion is better):")
+        for line in faithfulness_lines(measurement):
+            echo(line)
+    elif measurement.faithfulness is not None:
+        echo(f"faithfulness could not be scored: {measurement.faithfulness.error}")
     sanity = record.get("sanity") or {}
     for name, result in sanity.items():
         echo(sanity_line(name, result))
+    for method, result in (record.get("versus_occlusion") or {}).items():
+        echo(f"{method} against occlusion (a number, not a check): rank correlation "
+             f"{result['rank_correlation']['value']} (chance {result['rank_correlation']['chance']})"
+             f", top-10 % IoU {result['top_overlap']['value']} "
+             f"(chance {result['top_overlap']['chance']})")
     written = ""
     if write:
         paths = parity_module.write_reports(folder, measurement)
@@ -131,6 +148,15 @@ def explanation_parity(folder: Path, bars: dict[str, Any], spec: Any, threads: i
     echo(f"explanations measured on {measurement.source} "
          f"({time.perf_counter() - started:.1f} s{written})")
     return measurement
+
+
+def faithfulness_lines(measurement: parity_module.Measurement) -> list[str]:
+    from edgekit.device.explain import faithfulness
+
+    scored = measurement.faithfulness
+    if scored is None or scored.scores is None:
+        return []
+    return faithfulness.lines(scored.scores, measurement.reference.default_method)
 
 
 def sanity_line(name: str, result: dict[str, Any]) -> str:
@@ -154,8 +180,9 @@ def failure_message(measurement: parity_module.Measurement) -> str:
 
 def explain_inputs(folder: Path, image_paths: tuple[Path, ...], indices: tuple[int, ...],
                    wrong: int, class_name: str | None, model_paths: tuple[Path, ...],
-                   no_keras: bool, layer: str | None, patch: int | None, stride: int | None,
-                   output_dir: Path | None, threads: int | None, spec: Any) -> None:
+                   no_keras: bool, gradient: tuple[str, str | None], patch: int | None,
+                   stride: int | None, output_dir: Path | None, threads: int | None,
+                   spec: Any) -> None:
     from edgekit import manifest as manifest_module
     from edgekit.device.explain import inputs, occlusion
     from edgekit.device.explain import session as session_module
@@ -179,7 +206,7 @@ def explain_inputs(folder: Path, image_paths: tuple[Path, ...], indices: tuple[i
                                        f"with {model.contract.num_classes} classes, unlike "
                                        f"{contract.describe_shape()} with {contract.num_classes}"
                                        " classes of the release; explain one release at a time.")
-    keras, notes = keras_part(folder, manifest, contract, model_paths, no_keras, layer)
+    keras, notes = keras_part(folder, manifest, contract, model_paths, no_keras, *gradient)
     names = [path.name for path, _ in artifacts]
     subjects = ([] if keras is None else [keras.subject]) + [
         session_module.Subject(path.name if names.count(path.name) == 1 else str(path),
@@ -195,15 +222,48 @@ def explain_inputs(folder: Path, image_paths: tuple[Path, ...], indices: tuple[i
     test = inputs.TestImages(manifest or {}, contract, spec)
     chosen = inputs.gather(contract, test, image_paths, indices, wrong,
                            lambda: int8_model(folder, manifest, artifacts, threads), click.echo)
+    fills = fill_images(folder, manifest, contract, test, notes)
     made = session_module.explain(
         chosen, subjects, contract.background, settings, target,
-        None if keras is None else keras.gradcam, "" if keras is None else keras.title)
+        None if keras is None else keras.gradcam, "" if keras is None else keras.title, fills)
     target_dir = output_dir if output_dir is not None else folder / "reports" / "explain"
     session_module.write(made, contract.labels, target_dir, notes, echo=click.echo)
+    for line in session_module.score_lines(made):
+        click.echo(line)
     click.echo(f"explained {len(chosen.sources)} input(s) with {len(subjects)} model(s), patch "
                f"{settings.patch}, stride {settings.stride} ({time.perf_counter() - started:.1f} s)")
     if manifest is not None:
         click.echo(f"Next: edgekit verify {folder} --explanations")
+
+
+def fill_images(folder: Path, manifest: dict[str, Any] | None, contract: InputContract,
+                test: Any, notes: list[str]) -> dict[str, Any]:
+    """The fills of the deletion/insertion scores: background, and the dataset's mean image
+    (stored in the release's explanation reference, else from a test split already read)."""
+    import numpy as np
+
+    from edgekit import errors
+    from edgekit.device.explain import faithfulness
+    from edgekit.device.explain import parity as parity_module
+
+    mean = None
+    if manifest is not None:
+        try:
+            mean = parity_module.load_reference_maps(folder, manifest).mean_image
+        except errors.EdgekitError:
+            mean = None
+    if mean is None and getattr(test, "_split", None) is not None:
+        mean = test.split.images.mean(axis=0, dtype=np.float64)
+    fills = {"background": faithfulness.fill_images("background", contract.background, None,
+                                                    contract.shape)}
+    if mean is None:
+        notes.append("note: no dataset mean image here: the maps are scored with the "
+                     "background fill only")
+        click.echo(notes[-1])
+    else:
+        fills["mean"] = faithfulness.fill_images("mean", contract.background, mean,
+                                                 contract.shape)
+    return fills
 
 
 def load_artifacts(folder: Path, manifest: dict[str, Any] | None, model_paths: tuple[Path, ...],
@@ -222,7 +282,7 @@ def load_artifacts(folder: Path, manifest: dict[str, Any] | None, model_paths: t
 
 
 def keras_part(folder: Path, manifest: dict[str, Any] | None, contract: InputContract,
-               model_paths: tuple[Path, ...], no_keras: bool,
+               model_paths: tuple[Path, ...], no_keras: bool, method: str,
                layer: str | None) -> tuple[Any, list[str]]:
     """The Keras model's explainer where TensorFlow is installed, and the notes to print."""
     from edgekit import manifest as manifest_module
@@ -242,7 +302,7 @@ def keras_part(folder: Path, manifest: dict[str, Any] | None, contract: InputCon
                       "FILE.keras)"]
     from edgekit.workstation import explain_reference
 
-    explainer = explain_reference.keras_explainer(path, contract, layer)
+    explainer = explain_reference.keras_explainer(path, contract, layer, method)
     return explainer, [] if explainer.note is None else [f"note: {explainer.note}"]
 
 

@@ -21,13 +21,14 @@ from PIL import Image
 from edgekit import errors, fileio
 from edgekit import manifest as manifest_module
 from edgekit.device import datasets, runtime, verify
-from edgekit.device.explain import compare, occlusion, panels, session
+from edgekit.device.explain import compare, faithfulness, occlusion, panels, session
 
 REFERENCE_FILE = "explain_reference.npz"
 REPORT_JSON = "explain.json"
 FIGURE = "explain.png"
 DEFAULT_SAMPLE = 200
 DEFAULT_SEED = 42
+TITLES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM", "layercam": "LayerCAM"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,17 +86,32 @@ class ReferenceMaps:
     classes: np.ndarray  # the class each map explains (the Keras model's prediction) [N]
     probabilities: np.ndarray  # the Keras model's probabilities [N, classes]
     maps: np.ndarray  # the Keras model's occlusion maps [N, H, W]
-    gradcam: np.ndarray | None  # its Grad-CAM maps [N, H, W], if it has a convolution
+    cams: dict[str, np.ndarray]  # its gradient maps by method [N, H, W] (none: no convolution)
     settings: occlusion.Settings
     seed: int
+    default_method: str | None = None  # the gradient method shown and checked
+    mean_image: np.ndarray | None = None  # the test split's mean image [H, W, C], for the fill
+
+    @property
+    def gradcam(self) -> np.ndarray | None:
+        return self.cams.get("gradcam")
+
+    @property
+    def default_cam(self) -> np.ndarray | None:
+        return None if self.default_method is None else self.cams.get(self.default_method)
 
     def arrays(self) -> dict[str, np.ndarray]:
         payload = {"indices": self.indices, "labels": self.labels, "classes": self.classes,
                    "probabilities": self.probabilities, "maps": self.maps,
                    "patch": np.int64(self.settings.patch), "stride": np.int64(self.settings.stride),
                    "seed": np.int64(self.seed)}
-        if self.gradcam is not None:
-            payload["gradcam"] = self.gradcam
+        # Gradient maps lie in [0, 1]: half precision (3 decimals) keeps the file small.
+        payload.update({f"cam_{method}": np.asarray(cam, dtype=np.float16)
+                        for method, cam in self.cams.items()})
+        if self.default_method is not None:
+            payload["default_method"] = np.str_(self.default_method)
+        if self.mean_image is not None:
+            payload["mean_image"] = self.mean_image
         return {name: np.asarray(value) for name, value in payload.items()}
 
 
@@ -114,26 +130,35 @@ def load_reference_maps(folder: Path, manifest: dict[str, Any]) -> ReferenceMaps
             "--write-reference`.")
     stored = verify.load_npz_checked(manifest_module.safe_file(folder, name),
                                      reference.get("explanations_sha256"))
+    cams = {name[len("cam_"):]: np.asarray(stored[name], dtype=np.float32)
+            for name in stored if name.startswith("cam_")}
+    if "gradcam" in stored:  # a reference written before HiResCAM
+        cams.setdefault("gradcam", stored["gradcam"])
+    default = str(stored["default_method"]) if "default_method" in stored else None
     try:
         return ReferenceMaps(
             stored["indices"], stored["labels"], stored["classes"], stored["probabilities"],
-            stored["maps"], stored["gradcam"] if "gradcam" in stored else None,
-            occlusion.Settings(int(stored["patch"]), int(stored["stride"])), int(stored["seed"]))
+            stored["maps"], cams, occlusion.Settings(int(stored["patch"]), int(stored["stride"])),
+            int(stored["seed"]), default if default in cams else None,
+            stored["mean_image"] if "mean_image" in stored else None)
     except (KeyError, ValueError) as error:
         raise errors.ManifestError(f"{folder}/{name} is incomplete ({error}); rewrite it with "
                                    f"`edgekit explain {folder} --write-reference`.") from error
 
 
 def sample_images(folder: Path, manifest: dict[str, Any], reference: ReferenceMaps,
-                  spec: datasets.DataSpec | None) -> np.ndarray:
-    """The sample's pixels from the release's test split, checked against the stored labels."""
+                  spec: datasets.DataSpec | None) -> tuple[np.ndarray, np.ndarray]:
+    """The sample's pixels from the release's test split, checked against the stored labels,
+    and the split's mean image (the stored one, if the reference has it)."""
     contract = manifest_module.contract_of(manifest, folder)
     test = verify.release_test_split(manifest, contract, spec)
     if len(test) <= int(reference.indices.max(initial=0)) or not np.array_equal(
             test.labels[reference.indices], reference.labels):
         raise errors.DataError("the test images differ from those the explanation reference was "
                                "made on; pass the release's own dataset with --data.")
-    return test.images[reference.indices]
+    mean = (reference.mean_image if reference.mean_image is not None
+            else test.images.mean(axis=0, dtype=np.float64))
+    return test.images[reference.indices], mean
 
 
 @dataclasses.dataclass
@@ -160,16 +185,43 @@ class ArtifactExplanation:
 
 
 @dataclasses.dataclass
+class Faithfulness:
+    """Deletion/insertion scores of the stored maps, through one artifact's forward pass."""
+
+    scored_on: str
+    scores: faithfulness.Scores | None
+    seconds: float
+    error: str | None = None
+
+    def check(self, method: str | None) -> dict[str, Any] | None:
+        if self.scores is None or method is None:
+            return None
+        return faithfulness.beats_random(self.scores, method)
+
+
+@dataclasses.dataclass
 class Measurement:
     reference: ReferenceMaps
     images: np.ndarray
     mask: np.ndarray
     results: list[ArtifactExplanation]
     bars: dict[str, Bar]
+    faithfulness: Faithfulness | None = None
+
+    @property
+    def faithfulness_passed(self) -> bool:
+        """The default method beats random for every fill (no default method, or not measured:
+        nothing to check; measured but not scored: failed)."""
+        if self.reference.default_method is None or self.faithfulness is None:
+            return True
+        if self.faithfulness.scores is None:
+            return False
+        check = self.faithfulness.check(self.reference.default_method)
+        return bool(check and check["passed"])
 
     @property
     def passed(self) -> bool:
-        return all(result.passed for result in self.results)
+        return all(result.passed for result in self.results) and self.faithfulness_passed
 
     @property
     def source(self) -> str:
@@ -178,13 +230,15 @@ class Measurement:
 
 
 def measure(folder: Path, bars: dict[str, Bar], spec: datasets.DataSpec | None = None,
-            threads: int | None = None, echo: Callable[[str], None] = print) -> Measurement:
-    """Every artifact's occlusion maps of the stored sample against the Keras model's."""
+            threads: int | None = None, echo: Callable[[str], None] = print,
+            faithful: bool = True) -> Measurement:
+    """Every artifact's occlusion maps of the stored sample against the Keras model's; with
+    ``faithful``, the stored maps' deletion/insertion scores too (:func:`score_maps`)."""
     folder = Path(folder)
     manifest = manifest_module.load(folder)
     contract = manifest_module.contract_of(manifest, folder)
     reference = load_reference_maps(folder, manifest)
-    images = sample_images(folder, manifest, reference, spec)
+    images, mean_image = sample_images(folder, manifest, reference, spec)
     mask = occlusion.support(images, contract.background, reference.settings)
     results = []
     for entry in manifest["artifacts"]:
@@ -204,7 +258,37 @@ def measure(folder: Path, bars: dict[str, Bar], spec: datasets.DataSpec | None =
         echo(f"  {'✓' if result.passed else '✗'} {result.file} explanations "
              f"({result.seconds:.1f} s)")
         results.append(result)
-    return Measurement(reference, images, mask, results, bars)
+    if not faithful:
+        return Measurement(reference, images, mask, results, bars)
+    scored = score_maps(folder, manifest, reference, images, mean_image, threads)
+    echo(f"  {'✓' if scored.error is None else '✗'} deletion/insertion scores of the stored maps "
+         f"through {scored.scored_on} ({scored.seconds:.1f} s)")
+    return Measurement(reference, images, mask, results, bars, scored)
+
+
+def scoring_artifact(manifest: dict[str, Any]) -> str:
+    """The artifact whose forward pass scores the Keras maps: the first fp32 file (the Keras
+    model's own answers to 1e-4), else the first artifact."""
+    entries = manifest["artifacts"]
+    return next((e["file"] for e in entries if e["precision"] == "fp32"), entries[0]["file"])
+
+
+def score_maps(folder: Path, manifest: dict[str, Any], reference: ReferenceMaps,
+               images: np.ndarray, mean_image: np.ndarray, threads: int | None) -> Faithfulness:
+    """Deletion and insertion AUCs of every stored map (and random), for both fills."""
+    started = time.perf_counter()
+    name = scoring_artifact(manifest)
+    contract = manifest_module.contract_of(manifest, folder)
+    fills = {fill: faithfulness.fill_images(fill, contract.background, mean_image, contract.shape)
+             for fill in faithfulness.FILLS}
+    maps = {**reference.cams, "occlusion": reference.maps}
+    try:
+        model = runtime.load(manifest_module.safe_file(folder, name), threads=threads)
+        scores = faithfulness.score(model.predict, images, reference.classes, maps, fills,
+                                    reference.settings.patch)
+    except errors.EdgekitError as error:
+        return Faithfulness(name, None, time.perf_counter() - started, str(error))
+    return Faithfulness(name, scores, time.perf_counter() - started)
 
 
 def _checks(agreement: compare.Agreement, bars: dict[str, Bar],
@@ -240,8 +324,19 @@ def table(measurement: Measurement) -> list[str]:
 def failure_message(measurement: Measurement) -> str:
     failed = [result for result in measurement.results if not result.passed]
     details = "; ".join(f"{result.file}: {', '.join(result.failures())}" for result in failed)
-    return (f"explanation parity failed for {len(failed)} of {len(measurement.results)} "
-            f"artifact(s): {details}")
+    parts = [f"explanation parity failed for {len(failed)} of {len(measurement.results)} "
+             f"artifact(s): {details}"] if failed else []
+    if not measurement.faithfulness_passed:
+        method = measurement.reference.default_method
+        scored = measurement.faithfulness
+        if scored is None or scored.scores is None:
+            why = "could not be scored" + (f" ({scored.error})" if scored and scored.error else "")
+        else:
+            check = scored.check(method) or {}
+            why = "does not beat a random ranking by 2 standard errors with the " + ", ".join(
+                f"{fill} fill" for fill in scored.scores.fills if not check[fill]["passed"])
+        parts.append(f"the {method} map {why}")
+    return "; ".join(parts)
 
 
 def write_reports(folder: Path, measurement: Measurement) -> list[Path]:
@@ -252,7 +347,7 @@ def write_reports(folder: Path, measurement: Measurement) -> list[Path]:
     reports = fileio.ensure_dir(folder / "reports")
     figure = panels.save_png(sample_figure(measurement, manifest_module.contract_of(
         manifest, folder).labels, str(reference.get("file", "Keras"))), reports / FIGURE)
-    payload = {
+    payload: dict[str, Any] = {
         "measured_on": measurement.source,
         "reference": reference.get("file"),
         "reference_sha256": reference.get("sha256"),
@@ -273,6 +368,15 @@ def write_reports(folder: Path, measurement: Measurement) -> list[Path]:
         "sanity": (reference.get("explanations") or {}).get("sanity"),
         "figure": figure.name,
     }
+    scored = measurement.faithfulness
+    if scored is not None and scored.scores is not None:
+        payload.update(faithfulness.report(scored.scores, measurement.reference.default_method,
+                                           scored.scored_on))
+        payload["faithfulness"].update(seconds=round(scored.seconds, 2),
+                                       passed=measurement.faithfulness_passed)
+    elif scored is not None:
+        payload["faithfulness"] = {"scored_on": scored.scored_on, "error": scored.error,
+                                   "passed": measurement.faithfulness_passed}
     written = [fileio.write_json(reports / REPORT_JSON, payload), figure]
     for result in measurement.results:
         entry = manifest_module.find_artifact(manifest, result.file)
@@ -307,8 +411,11 @@ def sample_figure(measurement: Measurement, labels: tuple[str, ...],
     rows = []
     for number in figure_rows(measurement):
         index, explained = int(reference.indices[number]), labels[int(reference.classes[number])]
-        cam = None if reference.gradcam is None else (
-            "Grad-CAM", reference.gradcam[number], reference.probabilities[number])
+        method, shown = reference.default_method, reference.default_cam
+        if shown is None and reference.gradcam is not None:
+            method, shown = "gradcam", reference.gradcam
+        cam = None if shown is None or method is None else (
+            TITLES.get(method, method), shown[number], reference.probabilities[number])
         models = [(keras_name, reference.maps[number], reference.probabilities[number], "")]
         models += [(r.file, r.maps[number], r.probabilities[number],
                     session.agreement_note(r.agreement, number))

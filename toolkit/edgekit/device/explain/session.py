@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from edgekit import fileio
-from edgekit.device.explain import compare, occlusion, panels
+from edgekit.device.explain import compare, faithfulness, occlusion, panels
 
 GradCam = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (images, classes) -> maps [N, H, W]
 REPORT_JSON = "explain.json"
@@ -58,13 +58,18 @@ class Explanation:
     gradcam_agreement: compare.Agreement | None  # Grad-CAM against the Keras occlusion map
     settings: occlusion.Settings
     keras: str | None  # the Keras model's name, when it is explained
+    # Per model: deletion/insertion AUCs of its occlusion map (and the Keras model's gradient
+    # map, as "gradient"), beside a random ranking, through that model's own forward pass.
+    scores: dict[str, faithfulness.Scores] = dataclasses.field(default_factory=dict)
 
 
 def explain(inputs: Inputs, subjects: list[Subject], background: int,
             settings: occlusion.Settings, target_class: int | None = None,
-            gradcam: GradCam | None = None, gradcam_title: str = "Grad-CAM") -> Explanation:
-    """Occlusion maps of every subject (and Grad-CAM) for one class per input: ``target_class``,
-    else the class the first subject (the Keras model, when present) predicts."""
+            gradcam: GradCam | None = None, gradcam_title: str = "Grad-CAM",
+            fills: dict[str, np.ndarray] | None = None) -> Explanation:
+    """Occlusion maps of every subject (and the gradient map) for one class per input:
+    ``target_class``, else the class the first subject (the Keras model, when present)
+    predicts; with ``fills`` (name -> uint8 [H, W, C]), each map's deletion/insertion AUCs."""
     first = subjects[0]
     classes = None if target_class is None else np.full(len(inputs.pixels), target_class)
     made = {first.name: occlusion.occlusion_maps(first.predict, inputs.pixels, background,
@@ -83,8 +88,15 @@ def explain(inputs: Inputs, subjects: list[Subject], background: int,
     cams = None if gradcam is None else gradcam(inputs.pixels, classes)
     cam_agreement = (None if cams is None or reference is None
                      else compare.agreement(cams, reference, mask))
+    scores = {}
+    for subject in subjects if fills else []:
+        maps = {"occlusion": made[subject.name].maps}
+        if subject.is_keras and cams is not None:
+            maps["gradient"] = cams
+        scores[subject.name] = faithfulness.score(subject.predict, inputs.pixels, classes, maps,
+                                                  fills or {}, settings.patch)
     return Explanation(inputs, classes, models, cams, gradcam_title, cam_agreement, settings,
-                       keras)
+                       keras, scores)
 
 
 def _percent(probabilities: np.ndarray, labels: tuple[str, ...]) -> str:
@@ -165,6 +177,7 @@ def summary(explanation: Explanation, labels: tuple[str, ...], notes: list[str],
                 "map_range": [round(float(model.maps[number].min()), 6),
                               round(float(model.maps[number].max()), 6)],
                 "agreement_with_keras": _agreement_at(model.agreement, number),
+                **_scores_at(explanation.scores.get(model.name), number),
             }
         rows.append({"input": source, "picture": pictures[number].name,
                      "true_label": None if true is None else labels[true],
@@ -177,8 +190,47 @@ def summary(explanation: Explanation, labels: tuple[str, ...], notes: list[str],
                               "covering a pixel",
                        "gradcam": explanation.gradcam_title if explanation.gradcam is not None
                        else None,
+                       "faithfulness": {
+                           "curve": "the explained class's probability as 0..100 % of the "
+                                    "pixels are removed (deletion: lower is better) or put back "
+                                    "(insertion: higher is better) in the map's order; area "
+                                    "under it; 'gradient' is the gradient map above, 'random' a "
+                                    "random ranking",
+                           "fills": {fill: faithfulness.FILLS.get(fill, fill)
+                                     for fill in next(iter(explanation.scores.values())).fills}
+                           if explanation.scores else {}},
                        "resolution": compare.RESOLUTION, "top_percent": compare.TOP_PERCENT},
             "notes": notes, "inputs": rows}
+
+
+def _scores_at(scores: faithfulness.Scores | None, number: int) -> dict[str, Any]:
+    """One input's ``deletion``, ``insertion`` (by fill, then map) and ``random`` AUCs."""
+    if scores is None:
+        return {}
+    maps = [name for name in scores.deletion[scores.fills[0]] if name != faithfulness.RANDOM]
+    return {
+        curve: {fill: {name: round(float(getattr(scores, curve)[fill][name][number]), 4)
+                       for name in maps} for fill in scores.fills}
+        for curve in ("deletion", "insertion")} | {
+        "random": {fill: {curve: round(float(getattr(scores, curve)[fill][faithfulness.RANDOM]
+                                             [number]), 4)
+                          for curve in ("deletion", "insertion")} for fill in scores.fills}}
+
+
+def score_lines(explanation: Explanation) -> list[str]:
+    """Per model, the mean AUCs over the inputs: deletion (lower is better) / insertion."""
+    lines = [f"faithfulness, mean over {len(explanation.inputs.sources)} input(s) (lower "
+             "deletion and higher insertion area than random is better):"] if explanation.scores \
+        else []
+    gradient = explanation.gradcam_title.split(" (")[0] or "gradient map"
+    for name, scores in explanation.scores.items():
+        for fill in scores.fills:
+            cells = [f"{gradient if method == 'gradient' else method} "
+                     f"{scores.deletion[fill][method].mean():.3f}/"
+                     f"{scores.insertion[fill][method].mean():.3f}"
+                     for method in scores.deletion[fill]]
+            lines.append(f"  {name}, {fill} fill: deletion/insertion AUC " + ", ".join(cells))
+    return lines
 
 
 def _agreement_at(agreement: compare.Agreement | None, number: int) -> dict[str, float] | None:
