@@ -85,6 +85,18 @@ def static_flatten(flatbuffer: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
+def set_float32_data(model: Any, tensor: Any, data: Any) -> None:
+    """Give ``tensor`` a buffer of its own holding ``data`` (the fp32 model's bytes of the
+    same tensor) and make it float32: a weight the converter quantised, put back in float."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    buffer = schema.BufferT()
+    buffer.data = np.asarray(data, dtype=np.uint8)
+    model.buffers.append(buffer)
+    tensor.buffer = len(model.buffers) - 1
+    tensor.type = schema.TensorType.FLOAT32
+
+
 def _first_conv(model: Any) -> Any:
     """The CONV_2D that reads the graph's input (pixels), or None."""
     names = _operator_names()
@@ -105,7 +117,6 @@ def keep_first_conv_float32(float16: bytes, float32: bytes) -> bytes:
     float32 costs a kilobyte. The DEQUANTIZE ops that fed it are dropped; the rest of the
     graph is unchanged.
     """
-    from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
     half = flatbuffer_utils.read_model_from_bytearray(bytearray(float16))
@@ -125,11 +136,7 @@ def keep_first_conv_float32(float16: bytes, float32: bytes) -> bytes:
         data = full.buffers[source.buffer].data
         if dequantize is None or data is None or list(target.shape) != list(source.shape):
             continue
-        buffer = schema.BufferT()
-        buffer.data = np.asarray(data, dtype=np.uint8)
-        half.buffers.append(buffer)
-        target.buffer = len(half.buffers) - 1
-        target.type = schema.TensorType.FLOAT32
+        set_float32_data(half, target, data)
         dropped.append(dequantize)
     if not dropped:
         return float16

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgekit import errors
+from edgekit.workstation.export import tflite_graph
 from edgekit.workstation.quantization.keras_side import layers_in_order, layers_named_in
 
 
@@ -100,11 +101,7 @@ def dynamic_keeping_float(dynamic: bytes, float32: bytes, keep: tuple[str, ...])
             if target.type != schema.TensorType.INT8 or data is None \
                     or list(target.shape) != list(source.shape):
                 continue
-            buffer = schema.BufferT()
-            buffer.data = np.asarray(data, dtype=np.uint8)
-            model.buffers.append(buffer)
-            target.buffer = len(model.buffers) - 1
-            target.type = schema.TensorType.FLOAT32
+            tflite_graph.set_float32_data(model, target, data)
             target.quantization = None
             changed += 1
     if not changed:
