@@ -26,14 +26,21 @@ SERVE_EXTRA = "pip install 'edgekit[serve]'"
               show_default=True, help="Largest request body in MiB; larger ones get 413 unread.")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Most images per model call when requests arrive together (1: no batching).")
-@click.option("--batch-wait-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
-              help="Longest a batch waits for requests still being read.")
+@click.option("--batch-wait-ms", type=click.FloatRange(0, 1000), default=0.0, show_default=True,
+              help="Longest a batch waits for requests still being read (0: it takes what is "
+                   "queued when the model is free).")
 @click.option("--max-images", type=click.IntRange(1, 10_000), default=64, show_default=True,
               help="Most images in one request.")
+@click.option("--decode-budget-mpx", type=click.FloatRange(0, 10_000, min_open=True), default=40.0,
+              show_default=True,
+              help="Most pixels (millions) decoded at once across requests; bounds their memory.")
+@click.option("--decode-wait-s", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
+              help="Longest an image waits for the decode budget; then 429 with Retry-After.")
 @click.option("--quiet", is_flag=True, help="No log line per request.")
 @click.option("--benchmark", is_flag=True,
               help="Instead of serving: measure requests/s and latency (1 and 16 clients; "
-                   "batching on, off, and a per-request endpoint) and write "
+                   "this server, it without batching, and the FastAPI wrapper a user would "
+                   "write, taking turns) and write "
                    "reports/serve_benchmark.json in the model's release folder.")
 @click.option("--benchmark-requests", type=click.IntRange(16, 1_000_000), default=320,
               show_default=True, help="With --benchmark: requests per server, client count and round.")
@@ -41,7 +48,8 @@ SERVE_EXTRA = "pip install 'edgekit[serve]'"
               help="With --benchmark: rounds in which the servers take turns.")
 @friendly_errors
 def serve(model_path: Path, host: str, port: int, threads: int | None, max_upload_mb: float,
-          max_batch: int, batch_wait_ms: float, max_images: int, quiet: bool, benchmark: bool,
+          max_batch: int, batch_wait_ms: float, max_images: int, decode_budget_mpx: float,
+          decode_wait_s: float, quiet: bool, benchmark: bool,
           benchmark_requests: int, benchmark_rounds: int) -> None:
     """Serve an exported model: POST /v1/predict, GET /v1/model, GET /healthz, a page at /.
 
@@ -55,7 +63,8 @@ def serve(model_path: Path, host: str, port: int, threads: int | None, max_uploa
     config = config_or_bad_parameter(
         ServeConfig, model=model_path, host=host, port=port, threads=threads,
         max_upload_mb=max_upload_mb, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-        max_images=max_images, log_requests=not quiet)
+        max_images=max_images, decode_budget_mpx=decode_budget_mpx, decode_wait_s=decode_wait_s,
+        log_requests=not quiet)
     if benchmark:
         _benchmark(config, benchmark_requests, benchmark_rounds)
     else:
@@ -100,7 +109,7 @@ def _benchmark(config: Any, requests: int, rounds: int) -> None:
         measure.MeasureConfig, model=config.model, requests=requests, rounds=rounds,
         threads=config.threads, max_batch=config.max_batch, batch_wait_ms=config.batch_wait_ms)
     if measure_config.max_batch < 2:
-        raise click.BadParameter("--benchmark compares batching on and off: give --max-batch >= 2.")
+        raise click.BadParameter("--benchmark also runs the server without batching: give --max-batch >= 2.")
     report = measure.run(measure_config, progress=lambda line: click.echo(f"  {line}", err=True))
     click.echo(measure.table(report))
     path = measure.write(report, config.model.parent)

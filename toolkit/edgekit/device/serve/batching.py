@@ -7,6 +7,12 @@ pixels with :meth:`Arrival.submit`, which also ends its arrival. The worker take
 waiting job and, while other requests are still on their way and the batch has room, waits up
 to ``wait_seconds`` for them; with nothing on its way it runs at once, so a lone client never
 pays the wait. ``max_batch`` 1 is "no batching": every request is one call.
+
+Whether requests queued together run as one call is decided from measurement, not assumed:
+the worker keeps the mean time of its calls by size, and runs a queue of ``n`` images as one
+call only while that call measures faster than ``n`` calls of one (for a LiteRT model, a new
+batch size costs a tensor re-allocation, and a small model gains little per image). Every
+``EXPLORE_EVERY``-th decision takes the other choice, so the means stay current.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
+
+
+EXPLORE_EVERY = 50
+SMOOTHING = 0.2  # weight of the newest call in the running mean of a call size
 
 
 class BatcherClosed(RuntimeError):
@@ -58,6 +68,8 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._work, name="edgekit-model", daemon=True)
         self.batches = 0  # model calls made
         self.images = 0  # images they held
+        self._call_seconds: dict[int, float] = {}  # running mean of a call, by its size
+        self._decisions = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -104,7 +116,24 @@ class MicroBatcher:
 
     def _work(self) -> None:
         while (jobs := self._next_batch()) is not None:
-            self._run(jobs)
+            if len(jobs) == 1 or self._batch_pays(sum(len(job.pixels) for job in jobs)):
+                self._run(jobs)
+            else:
+                for job in jobs:
+                    self._run([job])
+
+    def _batch_pays(self, images: int) -> bool:
+        """Whether one call of ``images`` has measured faster than that many calls of one."""
+        self._decisions += 1
+        batched, single = self._call_seconds.get(images), self._call_seconds.get(1)
+        if batched is None or single is None:
+            return batched is None  # measure what is not measured yet
+        pays = batched < images * single
+        return pays != (self._decisions % EXPLORE_EVERY == 0)
+
+    def _measured(self, images: int, seconds: float) -> None:
+        known = self._call_seconds.get(images)
+        self._call_seconds[images] = seconds if known is None else known + SMOOTHING * (seconds - known)
 
     def _next_batch(self) -> list[_Job] | None:
         with self._condition:
@@ -136,6 +165,7 @@ class MicroBatcher:
                 _deliver(job, error)
             return
         model_seconds = time.perf_counter() - started
+        self._measured(len(pixels), model_seconds)
         self.batches += 1
         self.images += len(pixels)
         offset = 0

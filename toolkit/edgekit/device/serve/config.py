@@ -9,7 +9,7 @@ from typing import Any
 MEBIBYTE = 1024 * 1024
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_BATCH = 32
-DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_BATCH_WAIT_MS = 0.0  # batch what is queued when the model is free; never wait
 DEFAULT_MAX_IMAGES = 64
 DEFAULT_TOP_K = 3
 DEFAULT_DECODE_BUDGET_MPX = 40.0  # one picture at the decoding limit (images.MAX_PIXELS) at a time

@@ -1,9 +1,12 @@
 """How fast the server answers: requests/s and latency under concurrency, in one run.
 
-Three servers, each a process of its own on a free loopback port — edgekit with micro-batching,
-edgekit with it off (``max_batch`` 1), and the simplest FastAPI endpoint calling
-``edgekit.runtime`` per request (:mod:`.baseline`) — take turns under 1 and 16 concurrent
-clients (:mod:`.loadgen`), in rounds, so a change in the machine's load touches all of them.
+Three servers, each one process of its own on a free loopback port — ``edgekit serve`` with
+the options given (its defaults unless told), the same with micro-batching off (``max_batch``
+1), and the server a user would write instead (:mod:`.baseline`: FastAPI, one ``async def``
+endpoint, ``edgekit.runtime``, on uvicorn's defaults) — take turns under 1 and 16 concurrent
+keep-alive clients posting multipart field ``image`` (:mod:`.loadgen`), in rounds, so a change
+in the machine's load touches all of them. Each server logs as it would by default (edgekit's
+request log, uvicorn's access log), to a file.
 Every answer is checked: status 200 and the label ``edgekit.runtime`` gives the same image.
 Where the time goes comes from the app's own ``time_ms`` (body reading and multipart parsing,
 decoding and preparation, the hand-over to the model thread, the model) and, outside the app,
@@ -37,7 +40,10 @@ from edgekit.device.serve.config import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH
 from edgekit.device.serve.served import ServedModel, open_model
 
 REPORT = Path("reports") / "serve_benchmark.json"
-SERVERS = {"batching on": "edgekit", "batching off": "edgekit", "per-request endpoint": "per-request"}
+EDGEKIT = "edgekit serve"
+UNBATCHED = "edgekit serve, batching off"
+WRAPPER = "FastAPI wrapper"
+SERVERS = {EDGEKIT: "edgekit", UNBATCHED: "edgekit", WRAPPER: "wrapper"}
 PHASES = ("read", "prepare", "queue", "model", "total")
 START_SECONDS = 60
 
@@ -61,8 +67,8 @@ class MeasureConfig:
             raise ValueError("every client needs a request: requests >= clients, rounds >= 1")
 
     def server_config(self, name: str) -> ServeConfig:
-        return ServeConfig(model=self.model, port=0, threads=self.threads, log_requests=False,
-                           max_batch=self.max_batch if name == "batching on" else 1,
+        return ServeConfig(model=self.model, port=0, threads=self.threads,
+                           max_batch=1 if name == UNBATCHED else self.max_batch,
                            batch_wait_ms=self.batch_wait_ms)
 
 
@@ -102,7 +108,7 @@ def run(config: MeasureConfig, progress: Callable[[str], None] = lambda line: No
                 for server in servers:
                     samples.setdefault((server.name, clients), []).append(
                         _timed(server, bodies, expected, clients, config.requests))
-        floor = _healthz_round_trip(servers[1], config.requests)
+        floor = _healthz_round_trip(servers[0], config.requests)
     finally:
         for server in servers:
             server.stop()
@@ -116,8 +122,19 @@ def run(config: MeasureConfig, progress: Callable[[str], None] = lambda line: No
         "settings": {**dataclasses.asdict(config), "model": str(config.model)},
         "images": source,
         "rows": rows,
-        "time_per_request": _where_time_goes(samples, rows, floor, in_process),
+        "against_wrapper": _against_wrapper(rows),
+        "time_per_request": _where_time_goes(samples, floor, in_process),
     }
+
+
+def _against_wrapper(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """edgekit serve's requests/s and p99 as multiples of the wrapper's, per client count."""
+    found = {(row["server"], row["clients"]): row for row in rows}
+    return [{"clients": clients,
+             "requests_per_second_ratio": found[(EDGEKIT, clients)]["requests_per_second"]
+             / found[(WRAPPER, clients)]["requests_per_second"],
+             "p99_ratio": found[(EDGEKIT, clients)]["p99_ms"] / found[(WRAPPER, clients)]["p99_ms"]}
+            for server, clients in found if server == WRAPPER and (EDGEKIT, clients) in found]
 
 
 def _load_average() -> float | None:
@@ -252,28 +269,38 @@ def _phase_means(blocks: list[dict[str, Any]]) -> dict[str, float] | None:
     return {phase: float(np.mean(found)) for phase, found in values.items()} if values["total"] else None
 
 
-def _where_time_goes(samples: dict[tuple[str, int], list[dict[str, Any]]], rows: list[dict[str, Any]],
-                     floor_ms: float, in_process: dict[str, float]) -> dict[str, Any]:
-    """Mean per request on the edgekit server without batching, one client at a time."""
-    blocks = samples[("batching off", min(key[1] for key in samples))]
+def _where_time_goes(samples: dict[tuple[str, int], list[dict[str, Any]]], floor_ms: float,
+                     in_process: dict[str, float]) -> dict[str, Any]:
+    """Mean per request on edgekit serve, one client at a time (and the wrapper's mean)."""
+    clients = min(key[1] for key in samples)
+    blocks = samples[(EDGEKIT, clients)]
     app = _phase_means(blocks)
     assert app is not None  # the edgekit server reports its phases
-    client_ms = float(np.mean(np.concatenate([block["latencies"] for block in blocks]))) * 1000
-    return {"server": "batching off", "clients": min(key[1] for key in samples),
-            "client_mean_ms": client_ms, "app_ms": app, "outside_app_ms": client_ms - app["total"],
-            "healthz_round_trip_ms": floor_ms, "in_process_ms": in_process}
+
+    def client_mean(name: str) -> float:
+        found = samples[(name, clients)]
+        return float(np.mean(np.concatenate([block["latencies"] for block in found]))) * 1000
+
+    client_ms = client_mean(EDGEKIT)
+    return {"server": EDGEKIT, "clients": clients, "client_mean_ms": client_ms, "app_ms": app,
+            "outside_app_ms": client_ms - app["total"], "healthz_round_trip_ms": floor_ms,
+            "wrapper_client_mean_ms": client_mean(WRAPPER), "in_process_ms": in_process}
 
 
 def table(report: dict[str, Any]) -> str:
     """The report as a text table and a sentence on where a request's time goes."""
-    lines = [f"{'server':<22}{'clients':>8}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
+    lines = [f"{'server':<29}{'clients':>8}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
              f"{'images/call':>13}{'errors':>8}"]
     for row in report["rows"]:
         per_call = row["images_per_model_call"]
-        lines.append(f"{row['server']:<22}{row['clients']:>8}{row['requests_per_second']:>12.0f}"
+        lines.append(f"{row['server']:<29}{row['clients']:>8}{row['requests_per_second']:>12.0f}"
                      f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
                      f"{'-' if per_call is None else f'{per_call:.1f}':>13}"
                      f"{row['errors'] + row['wrong_labels']:>8}")
+    for ratio in report["against_wrapper"]:
+        lines.append(f"{EDGEKIT} / {WRAPPER}, {ratio['clients']} client(s): "
+                     f"{ratio['requests_per_second_ratio']:.2f}x the requests/s, "
+                     f"{ratio['p99_ratio']:.2f}x the p99 latency")
     time_goes = report["time_per_request"]
     app = time_goes["app_ms"]
     machine = report["machine"]
@@ -283,7 +310,8 @@ def table(report: dict[str, Any]) -> str:
         f"{time_goes['outside_app_ms']:.2f} ms (a GET /healthz round trip: "
         f"{time_goes['healthz_round_trip_ms']:.2f} ms), body and multipart {app['read']:.2f}, "
         f"decoding and preparation {app['prepare']:.2f}, hand-over to the model thread "
-        f"{app['queue']:.2f}, model {app['model']:.2f} ms.")
+        f"{app['queue']:.2f}, model {app['model']:.2f} ms; the wrapper's mean: "
+        f"{time_goes['wrapper_client_mean_ms']:.2f} ms.")
     lines.append(f"Machine: {machine['cpus']} CPUs, load average {machine['load_average_before']} before, "
                  f"{machine['load_average_after']} after (the servers and the clients share them).")
     return "\n".join(lines)

@@ -34,7 +34,7 @@ class Part:
     data: bytes
 
 
-_PREAMBLE, _HEADERS, _CONTENT, _END = range(4)
+_PREAMBLE, _DELIMITER, _HEADERS, _CONTENT, _END = range(5)
 
 
 class MultipartReader:
@@ -70,6 +70,8 @@ class MultipartReader:
     def _step(self) -> bool:
         if self._state == _PREAMBLE:
             return self._preamble()
+        if self._state == _DELIMITER:
+            return self._after_delimiter()
         if self._state == _HEADERS:
             return self._headers()
         if self._state == _CONTENT:
@@ -87,10 +89,13 @@ class MultipartReader:
                     raise MultipartError("no multipart delimiter in the body's first 16 KiB")
                 return False
             found += 2
-        return self._after_delimiter(found + len(self._delimiter))
+        self._position = found + len(self._delimiter)
+        self._state = _DELIMITER
+        return True
 
-    def _after_delimiter(self, position: int) -> bool:
+    def _after_delimiter(self) -> bool:
         """After a delimiter: ``--`` closes the body, CRLF starts the next part."""
+        position = self._position
         ending = bytes(self._buffer[position:position + 2])
         if len(ending) < 2:
             return False
@@ -146,4 +151,6 @@ class MultipartReader:
             del self._buffer[:end]
             end = 0
         self._scanned = 0
-        return self._after_delimiter(end + len(self._separator))
+        self._position = end + len(self._separator)
+        self._state = _DELIMITER
+        return True
