@@ -23,11 +23,9 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'edgekit[serve]'")
 httpx = pytest.importorskip("httpx", reason="needs the dev extra (httpx)")
 
-from test_serve import (MULTIPART, expected_probabilities, multipart_body, png_bytes,  # noqa: E402
-                        start_server)
-
 from edgekit.device import images  # noqa: E402
 from edgekit.device.serve import decoding, multipart  # noqa: E402
+from test_serve import MULTIPART, expected_probabilities, multipart_body, png_bytes, start_server  # noqa: E402
 
 SIDE = 6000  # 36 Mpx: just under the 40 Mpx decompression-bomb limit
 BOUND_SECONDS = 1.0

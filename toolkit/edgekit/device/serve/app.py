@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from edgekit import __version__, errors
+from edgekit import __version__
 from edgekit.device import images
 from edgekit.device.serve import page, schemas, uploads
 from edgekit.device.serve import predict as predict_module

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-
 EXPLORE_EVERY = 50
 SMOOTHING = 0.2  # weight of the newest call in the running mean of a call size
 

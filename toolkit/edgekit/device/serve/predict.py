@@ -25,8 +25,17 @@ from edgekit.device.serve import uploads
 from edgekit.device.serve.batching import BatcherClosed, BatchResult, MicroBatcher
 from edgekit.device.serve.config import DEFAULT_TOP_K, ServeConfig
 from edgekit.device.serve.decoding import Decoder
-from edgekit.device.serve.limits import (CLIENT_CLOSED, NOTE_KEY, ApiError, ClientGone, Receive, Scope,
-                                         Send, log, log_request)
+from edgekit.device.serve.limits import (
+    CLIENT_CLOSED,
+    NOTE_KEY,
+    ApiError,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    log,
+    log_request,
+)
 from edgekit.device.serve.served import ServedModel, image_result
 
 PATH = "/v1/predict"

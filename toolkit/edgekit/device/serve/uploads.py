@@ -12,8 +12,15 @@ from __future__ import annotations
 from python_multipart.multipart import parse_options_header
 
 from edgekit.device.serve import multipart
-from edgekit.device.serve.limits import (BAD_CONTENT_LENGTH, ApiError, ClientGone, Receive, Scope,
-                                         content_length, upload_too_large)
+from edgekit.device.serve.limits import (
+    BAD_CONTENT_LENGTH,
+    ApiError,
+    ClientGone,
+    Receive,
+    Scope,
+    content_length,
+    upload_too_large,
+)
 from edgekit.device.serve.multipart import Part
 
 FIELD = "image"
