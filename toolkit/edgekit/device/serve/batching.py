@@ -12,7 +12,10 @@ Whether requests queued together run as one call is decided from measurement, no
 the worker keeps the mean time of its calls by size, and runs a queue of ``n`` images as one
 call only while that call measures faster than ``n`` calls of one (for a LiteRT model, a new
 batch size costs a tensor re-allocation, and a small model gains little per image). Every
-``EXPLORE_EVERY``-th decision takes the other choice, so the means stay current.
+``EXPLORE_EVERY``-th decision takes the other choice, so the means stay current. A request
+that is the only one in flight, with a model call measured under ``ALONE_SECONDS``, runs it on
+its own thread (:meth:`Arrival.run_alone`): with nobody to batch with or overlap, the hop to
+the worker thread and back is pure cost. A lock keeps calls one at a time either way.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 EXPLORE_EVERY = 50
+# A request alone in the server whose model call has measured shorter than this runs it on the
+# event loop: a hop to the model thread and back costs more, and nobody else is waiting.
+ALONE_SECONDS = 0.001
 SMOOTHING = 0.2  # weight of the newest call in the running mean of a call size
 
 
@@ -60,6 +66,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.wait_seconds = wait_seconds
         self._condition = threading.Condition()
+        self._model_lock = threading.Lock()  # one model call at a time, on whichever thread
         self._jobs: collections.deque[_Job] = collections.deque()
         self._queued_images = 0
         self._arriving = 0
@@ -154,19 +161,43 @@ class MicroBatcher:
             self._queued_images -= images
             return jobs
 
+    def _run_alone(self, arrival: Arrival, pixels: np.ndarray) -> BatchResult | None:
+        known = self._call_seconds.get(len(pixels))
+        if known is None or known > ALONE_SECONDS:
+            return None
+        with self._condition:
+            if self._closed or self._jobs or self._arriving != 1:
+                return None
+            if not self._model_lock.acquire(blocking=False):
+                return None
+            self._arriving -= 1
+            arrival.submitted = True
+        try:
+            probabilities, seconds = self._call(pixels)
+        finally:
+            self._model_lock.release()
+        return BatchResult(probabilities, 0.0, seconds, len(pixels))
+
+    def _call(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+        """One model call, measured (the caller holds the model lock)."""
+        started = time.perf_counter()
+        probabilities = self._predict(pixels)
+        seconds = time.perf_counter() - started
+        self._measured(len(pixels), seconds)
+        self.batches += 1
+        self.images += len(pixels)
+        return probabilities, seconds
+
     def _run(self, jobs: list[_Job]) -> None:
         pixels = jobs[0].pixels if len(jobs) == 1 else np.concatenate([job.pixels for job in jobs])
         started = time.perf_counter()
         try:
-            probabilities = self._predict(pixels)
+            with self._model_lock:
+                probabilities, model_seconds = self._call(pixels)
         except Exception as error:  # the requests get it; the worker keeps serving
             for job in jobs:
                 _deliver(job, error)
             return
-        model_seconds = time.perf_counter() - started
-        self._measured(len(pixels), model_seconds)
-        self.batches += 1
-        self.images += len(pixels)
         offset = 0
         for job in jobs:
             count = len(job.pixels)
@@ -181,6 +212,11 @@ class Arrival:
     def __init__(self, batcher: MicroBatcher) -> None:
         self._batcher = batcher
         self.submitted = False
+
+    def run_alone(self, pixels: np.ndarray) -> BatchResult | None:
+        """Call the model here and now when this request is the only one in flight, nothing is
+        queued and the call has measured short; None otherwise (then :meth:`submit`)."""
+        return self._batcher._run_alone(self, pixels)
 
     def submit(self, pixels: np.ndarray) -> asyncio.Future[BatchResult]:
         """Queue this request's pixels; the first call also ends its arrival."""

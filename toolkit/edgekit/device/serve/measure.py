@@ -104,8 +104,10 @@ def run(config: MeasureConfig, progress: Callable[[str], None] = lambda line: No
             _load(server, bodies, 1, config.warmup)  # untimed: first calls, caches, allocations
         for round_number in range(config.rounds):
             progress(f"round {round_number + 1} of {config.rounds}")
+            # Each round starts with the next server, so none always runs first (or last).
+            turn = servers[round_number % len(servers):] + servers[:round_number % len(servers)]
             for clients in config.clients:
-                for server in servers:
+                for server in turn:
                     samples.setdefault((server.name, clients), []).append(
                         _timed(server, bodies, expected, clients, config.requests))
         floor = _healthz_round_trip(servers[0], config.requests)
