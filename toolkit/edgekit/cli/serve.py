@@ -92,8 +92,8 @@ def _serve(config: Any) -> None:
         raise click.ClickException(f"{error}. Pick another --port (0: any free one).") from None
     server.configure_logging()
     url = server.url_of(sock)
-    batching = (f"batches of up to {config.max_batch}, {config.batch_wait_ms:g} ms wait"
-                if config.batching else "no batching")
+    wait = f"{config.batch_wait_ms:g} ms wait" if config.batch_wait_ms else "no wait"
+    batching = f"batches of up to {config.max_batch}, {wait}" if config.batching else "no batching"
     click.echo(f"Serving {model.name} ({model.entry['precision']}, {batching}) at {url}")
     click.echo(f"  try: curl -F image=@shirt.png {url}v1/predict   (schema: {url}openapi.json; "
                "Ctrl-C stops)")
