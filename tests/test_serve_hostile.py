@@ -24,7 +24,7 @@ pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'edgek
 httpx = pytest.importorskip("httpx", reason="needs the dev extra (httpx)")
 
 from edgekit.device import images  # noqa: E402
-from edgekit.device.serve import decoding, multipart  # noqa: E402
+from edgekit.device.serve import batching, decoding, multipart  # noqa: E402
 from test_serve import MULTIPART, expected_probabilities, multipart_body, png_bytes, start_server  # noqa: E402
 
 SIDE = 6000  # 36 Mpx: just under the 40 Mpx decompression-bomb limit
@@ -87,6 +87,23 @@ def test_the_pixel_budget_is_first_come_first_served_and_bounded():
         assert budget.available == 100
 
     asyncio.run(scenario())
+
+
+def test_the_batching_choice_follows_the_measured_cost_per_image():
+    policy = batching.BatchPolicy()
+    cost = {True: 0.002, False: 0.001}  # batching measured dearer per image (re-allocations)
+    choices = []
+    for _ in range(40):  # windows
+        choice = policy.chosen()
+        choices.append(choice)
+        policy.record(batching.WINDOW_IMAGES, cost[choice] * batching.WINDOW_IMAGES)
+    assert choices[:2] == [True, False]  # each way measured once
+    assert policy.cost == {True: pytest.approx(0.002), False: pytest.approx(0.001)}
+    later = choices[2:]
+    assert later.count(False) > 0.8 * len(later) and True in later  # the cheaper, and re-tried
+    unchosen = batching.BatchPolicy()
+    unchosen.record(10 * batching.WINDOW_IMAGES, 1.0)  # lone requests only: no choice was made
+    assert unchosen.cost == {True: None, False: None}
 
 
 # --- large pictures do not stall other requests ---------------------------------------------

@@ -143,6 +143,10 @@ def _document_predict(api: FastAPI) -> None:
     api.openapi = openapi  # type: ignore[method-assign]
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
 def _add_routes(app: FastAPI, state: ServerState) -> None:
     served = state.served
 
@@ -150,13 +154,18 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
     async def model_info() -> dict[str, Any]:
         """The artifact, its input contract and its parity record from the manifest."""
         config = state.config
+        policy = state.batcher.policy
         return {**served.describe(),
                 "limits": {"max_upload_bytes": config.max_upload_bytes,
                            "max_images": config.max_images, "max_pixels": images.MAX_PIXELS,
                            "decode_budget_pixels": config.decode_budget_pixels,
                            "decode_wait_s": config.decode_wait_s},
                 "batching": {"max_batch": config.max_batch, "wait_ms": config.batch_wait_ms,
-                             "batches": state.batcher.batches, "images": state.batcher.images}}
+                             "batches": state.batcher.batches, "images": state.batcher.images,
+                             "queued_together": "one call" if policy.batching else "one call each",
+                             "model_ms_per_image": {
+                                 "one_call": _ms(policy.cost[True]),
+                                 "one_call_each": _ms(policy.cost[False])}}}
 
     @app.get("/healthz", response_model=schemas.Health, responses={503: {"model": schemas.Health}})
     async def healthz() -> JSONResponse:

@@ -8,11 +8,11 @@ waiting job and, while other requests are still on their way and the batch has r
 to ``wait_seconds`` for them; with nothing on its way it runs at once, so a lone client never
 pays the wait. ``max_batch`` 1 is "no batching": every request is one call.
 
-Whether requests queued together run as one call is decided from measurement, not assumed:
-the worker keeps the mean time of its calls by size, and runs a queue of ``n`` images as one
-call only while that call measures faster than ``n`` calls of one (for a LiteRT model, a new
-batch size costs a tensor re-allocation, and a small model gains little per image). Every
-``EXPLORE_EVERY``-th decision takes the other choice, so the means stay current. A request
+Whether requests queued together run as one call is decided from measurement, not assumed
+(:class:`BatchPolicy`): the model time per image is measured over windows of calls run each
+way, re-allocations included (a LiteRT model re-allocates its tensors for every new batch
+size, and a small model gains little per image), and the cheaper way is kept; every
+``EXPLORE_EVERY``-th window tries the other, so both measures stay current. A request
 that is the only one in flight, with a model call measured under ``ALONE_SECONDS``, runs it on
 its own thread (:meth:`Arrival.run_alone`): with nobody to batch with or overlap, the hop to
 the worker thread and back is pure cost. A lock keeps calls one at a time either way.
@@ -30,11 +30,50 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-EXPLORE_EVERY = 50
+WINDOW_IMAGES = 64  # images per measured window of the batching choice
+EXPLORE_EVERY = 8  # windows
 # A request alone in the server whose model call has measured shorter than this runs it on the
 # event loop: a hop to the model thread and back costs more, and nobody else is waiting.
 ALONE_SECONDS = 0.001
-SMOOTHING = 0.2  # weight of the newest call in the running mean of a call size
+SMOOTHING = 0.2  # weight of the newest measure in a running mean
+
+
+class BatchPolicy:
+    """Whether the jobs queued when the model is free run as one call or one call each."""
+
+    def __init__(self) -> None:
+        self.batching = True  # the choice for the current window
+        self.cost: dict[bool, float | None] = {True: None, False: None}  # model s per image
+        self._images = 0
+        self._seconds = 0.0
+        self._chosen = False  # whether the window held a choice (several jobs queued at once)
+        self._windows = 0
+
+    def chosen(self) -> bool:
+        """The choice for jobs queued together now."""
+        self._chosen = True
+        return self.batching
+
+    def record(self, images: int, seconds: float) -> None:
+        """Every model call: its images and time count for the current window's choice."""
+        self._images += images
+        self._seconds += seconds
+        if self._images < WINDOW_IMAGES:
+            return
+        if self._chosen:  # a window without a choice says nothing about either way
+            per_image = self._seconds / self._images
+            known = self.cost[self.batching]
+            self.cost[self.batching] = per_image if known is None else known + SMOOTHING * (per_image - known)
+            self._windows += 1
+            self.batching = self._next()
+        self._images, self._seconds, self._chosen = 0, 0.0, False
+
+    def _next(self) -> bool:
+        batched, single = self.cost[True], self.cost[False]
+        if batched is None or single is None:
+            return single is not None  # measure the way not measured yet
+        better = batched <= single
+        return better != (self._windows % EXPLORE_EVERY == 0)
 
 
 class BatcherClosed(RuntimeError):
@@ -75,7 +114,7 @@ class MicroBatcher:
         self.batches = 0  # model calls made
         self.images = 0  # images they held
         self._call_seconds: dict[int, float] = {}  # running mean of a call, by its size
-        self._decisions = 0
+        self.policy = BatchPolicy()
 
     def start(self) -> None:
         self._thread.start()
@@ -122,20 +161,11 @@ class MicroBatcher:
 
     def _work(self) -> None:
         while (jobs := self._next_batch()) is not None:
-            if len(jobs) == 1 or self._batch_pays(sum(len(job.pixels) for job in jobs)):
+            if len(jobs) == 1 or self.policy.chosen():
                 self._run(jobs)
             else:
                 for job in jobs:
                     self._run([job])
-
-    def _batch_pays(self, images: int) -> bool:
-        """Whether one call of ``images`` has measured faster than that many calls of one."""
-        self._decisions += 1
-        batched, single = self._call_seconds.get(images), self._call_seconds.get(1)
-        if batched is None or single is None:
-            return batched is None  # measure what is not measured yet
-        pays = batched < images * single
-        return pays != (self._decisions % EXPLORE_EVERY == 0)
 
     def _measured(self, images: int, seconds: float) -> None:
         known = self._call_seconds.get(images)
@@ -184,6 +214,7 @@ class MicroBatcher:
         probabilities = self._predict(pixels)
         seconds = time.perf_counter() - started
         self._measured(len(pixels), seconds)
+        self.policy.record(len(pixels), seconds)
         self.batches += 1
         self.images += len(pixels)
         return probabilities, seconds
