@@ -12,10 +12,10 @@ Whether requests queued together run as one call is decided from measurement, no
 (:class:`BatchPolicy`): the model time per image is measured over windows of calls run each
 way, re-allocations included (a LiteRT model re-allocates its tensors for every new batch
 size, and a small model gains little per image), and the cheaper way is kept; every
-``EXPLORE_EVERY``-th window tries the other, so both measures stay current. A request
-that is the only one in flight, with a model call measured under ``ALONE_SECONDS``, runs it on
-its own thread (:meth:`Arrival.run_alone`): with nobody to batch with or overlap, the hop to
-the worker thread and back is pure cost. A lock keeps calls one at a time either way.
+``EXPLORE_EVERY``-th window tries the other, so both measures stay current. A model call
+measured under ``INLINE_SECONDS`` runs on the caller's thread (the event loop) when the model
+is free and nothing is queued (:meth:`Arrival.run_here`): the hop to the worker thread and
+back would cost more than the call. A lock keeps calls one at a time either way.
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ import numpy as np
 
 WINDOW_IMAGES = 64  # images per measured window of the batching choice
 EXPLORE_EVERY = 8  # windows
-# A request alone in the server whose model call has measured shorter than this runs it on the
-# event loop: a hop to the model thread and back costs more, and nobody else is waiting.
-ALONE_SECONDS = 0.001
+# A model call measured shorter than this runs on the event loop when the model is free and
+# nothing is queued for it: like a small picture's decoding, it costs less than the hop to the
+# model thread and back (two thread wake-ups, each a scheduler's latency on a busy machine).
+INLINE_SECONDS = 0.001
 SMOOTHING = 0.2  # weight of the newest measure in a running mean
 
 
@@ -191,12 +192,12 @@ class MicroBatcher:
             self._queued_images -= images
             return jobs
 
-    def _run_alone(self, arrival: Arrival, pixels: np.ndarray) -> BatchResult | None:
+    def _run_here(self, arrival: Arrival, pixels: np.ndarray) -> BatchResult | None:
         known = self._call_seconds.get(len(pixels))
-        if known is None or known > ALONE_SECONDS:
+        if known is None or known > INLINE_SECONDS:
             return None
         with self._condition:
-            if self._closed or self._jobs or self._arriving != 1:
+            if self._closed or self._jobs:
                 return None
             if not self._model_lock.acquire(blocking=False):
                 return None
@@ -244,10 +245,10 @@ class Arrival:
         self._batcher = batcher
         self.submitted = False
 
-    def run_alone(self, pixels: np.ndarray) -> BatchResult | None:
-        """Call the model here and now when this request is the only one in flight, nothing is
-        queued and the call has measured short; None otherwise (then :meth:`submit`)."""
-        return self._batcher._run_alone(self, pixels)
+    def run_here(self, pixels: np.ndarray) -> BatchResult | None:
+        """Call the model on this thread now when its call has measured short, the model is
+        free and nothing is queued for it; None otherwise (then :meth:`submit`)."""
+        return self._batcher._run_here(self, pixels)
 
     def submit(self, pixels: np.ndarray) -> asyncio.Future[BatchResult]:
         """Queue this request's pixels; the first call also ends its arrival."""

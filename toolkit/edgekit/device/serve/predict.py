@@ -106,15 +106,15 @@ class PredictEndpoint:
                 prepare_seconds.append(time.perf_counter() - begun)
             pixels = items[0].pixels[None] if len(items) == 1 else np.stack([i.pixels for i in items])
             size = self.batcher.max_batch
-            alone = arrival.run_alone(pixels) if len(pixels) <= size else None
+            here = arrival.run_here(pixels) if len(pixels) <= size else None
             try:
-                pending = [] if alone is not None else [
+                pending = [] if here is not None else [
                     arrival.submit(pixels[start:start + size]) for start in range(0, len(pixels), size)]
             except BatcherClosed:
                 raise ApiError(503, "stopping", "the server is stopping; retry on another.") from None
         prepared_at = time.perf_counter()
         outcomes: list[BatchResult] = (
-            [alone] if alone is not None else [await pending[0]] if len(pending) == 1
+            [here] if here is not None else [await pending[0]] if len(pending) == 1
             else await asyncio.gather(*pending))
         probabilities = (outcomes[0].probabilities if len(outcomes) == 1
                          else np.concatenate([outcome.probabilities for outcome in outcomes]))
