@@ -20,8 +20,9 @@ SERVE_EXTRA = "pip install 'edgekit[serve]'"
               help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on (0: any free port; the URL printed names it).")
-@click.option("--threads", type=click.IntRange(1, 64), default=None,
-              help="Runtime threads for the model (default: the runtime's own choice).")
+@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Runtime threads per model call (the server runs requests side by side; "
+                   "more threads help a large model).")
 @click.option("--max-upload-mb", type=click.FloatRange(0, 1024, min_open=True), default=10.0,
               show_default=True, help="Largest request body in MiB; larger ones get 413 unread.")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=32, show_default=True,

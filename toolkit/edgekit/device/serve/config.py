@@ -12,6 +12,10 @@ DEFAULT_MAX_BATCH = 32
 DEFAULT_BATCH_WAIT_MS = 0.0  # batch what is queued when the model is free; never wait
 DEFAULT_MAX_IMAGES = 64
 DEFAULT_TOP_K = 3
+# One runtime thread per model call: a server's parallelism is across requests (the event loop,
+# the model thread, the decoding pool), and for a small model a runtime's own thread pool costs
+# more in hand-offs than it saves (and its waiting workers take CPU from the event loop).
+DEFAULT_THREADS = 1
 DEFAULT_DECODE_BUDGET_MPX = 40.0  # one picture at the decoding limit (images.MAX_PIXELS) at a time
 DEFAULT_DECODE_WAIT_S = 10.0
 
@@ -29,7 +33,7 @@ class ServeConfig:
     model: Path
     host: str = "127.0.0.1"
     port: int = 8000
-    threads: int | None = None
+    threads: int | None = DEFAULT_THREADS
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     max_batch: int = DEFAULT_MAX_BATCH
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS

@@ -36,7 +36,7 @@ from PIL import Image
 from edgekit import errors, fileio
 from edgekit.device import images as images_module
 from edgekit.device.serve import loadgen
-from edgekit.device.serve.config import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, ServeConfig
+from edgekit.device.serve.config import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, DEFAULT_THREADS, ServeConfig
 from edgekit.device.serve.served import ServedModel, open_model
 
 REPORT = Path("reports") / "serve_benchmark.json"
@@ -57,7 +57,7 @@ class MeasureConfig:
     requests: int = 320
     rounds: int = 3
     warmup: int = 50
-    threads: int | None = None
+    threads: int | None = DEFAULT_THREADS
     max_batch: int = DEFAULT_MAX_BATCH
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
 
