@@ -251,6 +251,25 @@ def test_the_multipart_reader_refuses_what_it_does_not_understand(body, error):
         reader.feed(body)
 
 
+@pytest.mark.parametrize("value", [
+    b'form-data; name="image"; filename="a.png"', b'form-data; name="image"', b'form-data;name="x";filename="b c.png"',
+    b'form-data; name="image"; filename="a\\"b.png"', b'form-data; name=image', b'form-data; name="image"; '
+    b'filename="C:\\dir\\a.png"', b"form-data; name=\"image\"; filename*=UTF-8''x.png", b'attachment; name="image"'])
+def test_the_disposition_fast_path_agrees_with_python_multipart(value):
+    from python_multipart.multipart import parse_options_header
+
+    assert multipart.disposition_options(value) == parse_options_header(value)
+
+
+@pytest.mark.parametrize("value", [b"multipart/form-data; boundary=abc123", b'Multipart/Form-Data; boundary="quoted"',
+                                   b"multipart/form-data; boundary=----WebKitFormBoundaryX7",
+                                   b"multipart/form-data;boundary=a:b", b"multipart/form-data"])
+def test_the_boundary_fast_path_agrees_with_python_multipart(value):
+    from python_multipart.multipart import parse_options_header
+
+    assert multipart.boundary_of(value) == parse_options_header(value)[1].get(b"boundary")
+
+
 def test_the_multipart_reader_refuses_the_first_image_over_the_limit():
     reader = multipart.MultipartReader(b"edgekit-test", "image", 2)
     body = multipart_body([("image", f"{index}.png", b"x") for index in range(3)])

@@ -33,9 +33,10 @@ import numpy as np
 WINDOW_IMAGES = 64  # images per measured window of the batching choice
 EXPLORE_EVERY = 8  # windows
 # A model call measured shorter than this runs on the event loop when the model is free and
-# nothing is queued for it: like a small picture's decoding, it costs less than the hop to the
-# model thread and back (two thread wake-ups, each a scheduler's latency on a busy machine).
-INLINE_SECONDS = 0.001
+# nothing is queued for it: it costs less than the hop to the model thread and back (two
+# thread wake-ups, each a scheduler's latency on a busy machine), and holds other requests up
+# no longer than decoding a small picture on the loop does.
+INLINE_SECONDS = 0.005
 SMOOTHING = 0.2  # weight of the newest measure in a running mean
 
 

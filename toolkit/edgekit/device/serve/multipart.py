@@ -13,11 +13,35 @@ over 16 KiB, a body that ends before its closing delimiter.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from python_multipart.multipart import parse_options_header
 
 MAX_HEADERS = 16 * 1024
 MAX_NAME = 200
+# What browsers, curl and HTTP libraries send; anything else (escapes, filename*, odd spacing)
+# goes through python-multipart's full parser, which gives the same result for these.
+SIMPLE_DISPOSITION = re.compile(rb'form-data; ?name="([^"\\]*)"(?:; ?filename="([^"\\]*)")?')
+SIMPLE_CONTENT_TYPE = re.compile(rb'multipart/form-data; ?boundary=([-\w\'()+,./:=?]{1,70})', re.IGNORECASE)
+
+
+def disposition_options(value: bytes) -> tuple[bytes, dict[bytes, bytes]]:
+    """``Content-Disposition`` as its type and parameters (python-multipart's result)."""
+    simple = SIMPLE_DISPOSITION.fullmatch(value)
+    if simple is None:
+        return parse_options_header(value)
+    options = {b"name": simple.group(1)}
+    if simple.group(2) is not None:
+        options[b"filename"] = simple.group(2)
+    return b"form-data", options
+
+
+def boundary_of(content_type: bytes) -> bytes | None:
+    """The boundary parameter of a multipart ``Content-Type`` (python-multipart's result)."""
+    simple = SIMPLE_CONTENT_TYPE.fullmatch(content_type)
+    if simple is not None:
+        return simple.group(1)
+    return parse_options_header(content_type)[1].get(b"boundary")
 
 
 class MultipartError(ValueError):
@@ -128,7 +152,7 @@ class MultipartReader:
         return True
 
     def _start_part(self, disposition: bytes) -> None:
-        kind, options = parse_options_header(disposition)
+        kind, options = disposition_options(disposition)
         name = options.get(b"name", b"").decode("utf-8", "replace")
         self._keep = kind == b"form-data" and name == self._field
         if not self._keep:

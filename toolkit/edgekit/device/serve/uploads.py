@@ -9,8 +9,6 @@ read. A client that disconnects midway raises :class:`ClientGone`.
 
 from __future__ import annotations
 
-from python_multipart.multipart import parse_options_header
-
 from edgekit.device.serve import multipart
 from edgekit.device.serve.limits import (
     BAD_CONTENT_LENGTH,
@@ -95,8 +93,7 @@ async def _read_body(scope: Scope, receive: Receive, max_bytes: int) -> bytes:
 
 async def _read_multipart(scope: Scope, receive: Receive, content_type: bytes, max_images: int,
                           max_bytes: int) -> list[Part]:
-    _, options = parse_options_header(content_type)
-    boundary = options.get(b"boundary")
+    boundary = multipart.boundary_of(content_type)
     if not boundary:
         raise ApiError(400, "bad_multipart", "the multipart Content-Type has no boundary.")
     body = _Body(scope, receive, max_bytes)
