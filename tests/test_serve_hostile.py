@@ -252,18 +252,20 @@ def test_the_multipart_reader_refuses_what_it_does_not_understand(body, error):
 
 
 @pytest.mark.parametrize("value", [
-    b'form-data; name="image"; filename="a.png"', b'form-data; name="image"', b'form-data;name="x";filename="b c.png"',
-    b'form-data; name="image"; filename="a\\"b.png"', b'form-data; name=image', b'form-data; name="image"; '
-    b'filename="C:\\dir\\a.png"', b"form-data; name=\"image\"; filename*=UTF-8''x.png", b'attachment; name="image"'])
+    b'form-data; name="image"; filename="a.png"', b'form-data; name="image"',
+    b'form-data;name="x";filename="b c.png"', b'form-data; name="image"; filename="a\\"b.png"',
+    b'form-data; name=image', b'form-data; name="image"; filename="C:\\dir\\a.png"',
+    b"form-data; name=\"image\"; filename*=UTF-8''x.png", b'attachment; name="image"'])
 def test_the_disposition_fast_path_agrees_with_python_multipart(value):
     from python_multipart.multipart import parse_options_header
 
     assert multipart.disposition_options(value) == parse_options_header(value)
 
 
-@pytest.mark.parametrize("value", [b"multipart/form-data; boundary=abc123", b'Multipart/Form-Data; boundary="quoted"',
-                                   b"multipart/form-data; boundary=----WebKitFormBoundaryX7",
-                                   b"multipart/form-data;boundary=a:b", b"multipart/form-data"])
+@pytest.mark.parametrize("value", [
+    b"multipart/form-data; boundary=abc123", b'Multipart/Form-Data; boundary="quoted"',
+    b"multipart/form-data; boundary=----WebKitFormBoundaryX7", b"multipart/form-data;boundary=a:b",
+    b"multipart/form-data"])
 def test_the_boundary_fast_path_agrees_with_python_multipart(value):
     from python_multipart.multipart import parse_options_header
 

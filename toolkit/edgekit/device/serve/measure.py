@@ -232,7 +232,9 @@ def _load(server: _Server, bodies: list[bytes], clients: int,
 def _timed(server: _Server, bodies: list[bytes], expected: list[str], clients: int,
            total: int) -> dict[str, Any]:
     before = _batching_counters(server)
+    cpu_before = _cpu_seconds(server.process.pid)
     replies, seconds = _load(server, bodies, clients, total)
+    cpu_after = _cpu_seconds(server.process.pid)
     after = _batching_counters(server)
     phases: dict[str, list[float]] = {phase: [] for phase in PHASES}
     errors_seen = wrong = 0
@@ -246,8 +248,22 @@ def _timed(server: _Server, bodies: list[bytes], expected: list[str], clients: i
         for phase in PHASES if "time_ms" in answer else ():
             phases[phase].append(answer["time_ms"][phase])
     calls = None if before is None or after is None else (after[0] - before[0], after[1] - before[1])
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return {"latencies": [reply.seconds for reply in replies], "seconds": seconds,
-            "errors": errors_seen, "wrong": wrong, "phases": phases, "calls": calls}
+            "errors": errors_seen, "wrong": wrong, "phases": phases, "calls": calls, "cpu_seconds": cpu}
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """The CPU time (user + system, all threads) a process has used; None off Linux.
+
+    What a server spends per request, unlike its requests/s, hardly moves with other work on
+    the machine: the steadier measure of which server is leaner on a busy machine.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def _batching_counters(server: _Server) -> tuple[int, int] | None:
@@ -275,6 +291,9 @@ def _row(name: str, clients: int, blocks: list[dict[str, Any]]) -> dict[str, Any
         "images_per_model_call": (sum(images for _, images in calls) / max(1, sum(c for c, _ in calls))
                                   if calls else None),
         "app_mean_ms": _phase_means(blocks),
+        "server_cpu_ms_per_request": (
+            None if any(block["cpu_seconds"] is None for block in blocks)
+            else 1000 * sum(block["cpu_seconds"] for block in blocks) / len(latencies)),
     }
 
 
@@ -305,12 +324,13 @@ def _where_time_goes(samples: dict[tuple[str, int], list[dict[str, Any]]], floor
 def table(report: dict[str, Any]) -> str:
     """The report as a text table and a sentence on where a request's time goes."""
     lines = [f"{'server':<29}{'clients':>8}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
-             f"{'images/call':>13}{'errors':>8}"]
+             f"{'images/call':>13}{'CPU ms/req':>12}{'errors':>8}"]
     for row in report["rows"]:
-        per_call = row["images_per_model_call"]
+        per_call, cpu = row["images_per_model_call"], row["server_cpu_ms_per_request"]
         lines.append(f"{row['server']:<29}{row['clients']:>8}{row['requests_per_second']:>12.0f}"
                      f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
                      f"{'-' if per_call is None else f'{per_call:.1f}':>13}"
+                     f"{'-' if cpu is None else f'{cpu:.2f}':>12}"
                      f"{row['errors'] + row['wrong_labels']:>8}")
     for ratio in report["against_wrapper"]:
         lines.append(f"{EDGEKIT} / {WRAPPER}, {ratio['clients']} client(s): "
