@@ -68,6 +68,20 @@ def test_the_pixel_count_is_read_from_the_header(near_limit_png, small_png):
     assert len(near_limit_png) < decoding.INLINE_BYTES < SIDE * SIDE  # small file, big picture
 
 
+def test_only_small_stills_and_refusals_are_prepared_on_the_loop(near_limit_png, small_png):
+    def encoded(image: Image.Image, **options: Any) -> bytes:
+        stream = io.BytesIO()
+        image.save(stream, **options)
+        return stream.getvalue()
+
+    frames = [Image.new("L", (8, 8), shade) for shade in range(200)]
+    many_frames = encoded(frames[0], format="GIF", save_all=True, append_images=frames[1:])
+    small_jpeg = encoded(Image.new("RGB", (28, 28)), format="JPEG")
+    for data, expected in ((small_png, True), (small_jpeg, True), (b"not an image", True),
+                           (near_limit_png, False), (many_frames, False)):
+        assert decoding.on_the_loop(data, decoding.declared_pixels(data)) is expected
+
+
 def test_the_pixel_budget_is_first_come_first_served_and_bounded():
     async def scenario() -> None:
         budget = decoding.PixelBudget(100)

@@ -5,8 +5,8 @@ declare 6300x6300 and take a second to decode and hundreds of MiB to hold. So th
 from the image's header first (a PNG's IHDR directly; anything else through Pillow's lazy
 ``Image.open``, which reads the header and decodes nothing), and:
 
-- a small picture (at most ``INLINE_PIXELS`` and ``INLINE_BYTES``) is decoded on the event
-  loop, where a hop to a thread would cost more than the decoding;
+- a small PNG or JPEG (at most ``INLINE_PIXELS`` and ``INLINE_BYTES``) is decoded on the event
+  loop, where a hop to a thread would cost more than the decoding (:func:`on_the_loop`);
 - any other is decoded in a worker thread (Pillow releases the GIL while it decodes), after
   taking its pixels from a budget shared by all requests (:class:`PixelBudget`), which bounds
   the memory of concurrent decodes. A request's images take it one after another; an image
@@ -41,6 +41,7 @@ from edgekit.device.serve.multipart import Part
 INLINE_PIXELS = 256 * 256
 INLINE_BYTES = 256 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
 def declared_pixels(data: bytes) -> int | None:
@@ -56,6 +57,20 @@ def declared_pixels(data: bytes) -> int | None:
     except Exception:  # not an image, or a damaged header: prepare_bytes says which
         return None
     return width * height
+
+
+def on_the_loop(data: bytes, pixels: int | None) -> bool:
+    """Whether an upload is cheap enough to prepare on the event loop.
+
+    A small PNG or JPEG (one picture, little to decode); anything Pillow refuses at its header
+    (not an image, or over the decoding limit). Other formats go to the pool whatever their
+    size: a GIF or TIFF is counted frame by frame before its first is decoded, and a small file
+    can hold thousands of frames.
+    """
+    if pixels is None or pixels > images.MAX_PIXELS:
+        return True
+    still = data[:8] == PNG_SIGNATURE or data[:3] == JPEG_SIGNATURE
+    return still and pixels <= INLINE_PIXELS and len(data) <= INLINE_BYTES
 
 
 class Busy(Exception):
@@ -140,8 +155,7 @@ class Decoder:
 
     async def prepare(self, part: Part) -> images.PreparedImage:
         pixels = declared_pixels(part.data)
-        small = pixels is None or pixels <= INLINE_PIXELS or pixels > images.MAX_PIXELS
-        if small and len(part.data) <= INLINE_BYTES:
+        if on_the_loop(part.data, pixels):
             return prepare(part, self.contract)  # fails at the header, or decodes little
         try:
             cost = await self.budget.acquire(pixels or len(part.data), self.wait_seconds)
