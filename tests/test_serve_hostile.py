@@ -166,14 +166,18 @@ def strict_server(tmp_path_factory):
 def test_a_request_waiting_past_the_stated_wait_gets_429_not_its_own_images(strict_server,
                                                                             near_limit_png, small_png):
     url = strict_server.url
+    status, answer, _, _ = post_images(url, [near_limit_png] * 2)  # alone: each image > the budget
+    assert status == 200 and len(answer["results"]) == 2, answer  # never refused for its own images
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        holder = pool.submit(post_images, url, [near_limit_png] * 2)  # each image > the budget
-        time.sleep(0.5)  # its body (100 KB on loopback) is in: its first image is decoding
-        status, answer, headers, _ = post_images(url, [near_limit_png])
-        held_status, held_answer, _, _ = holder.result(timeout=120)
-    assert status == 429, (status, answer)
-    assert answer["error"] == "busy" and answer["detail"] and int(headers["retry-after"]) >= 1
-    assert held_status == 200 and len(held_answer["results"]) == 2  # never refused for its own images
+        holder = pool.submit(post_images, url, [near_limit_png] * 2)
+        time.sleep(0.5)  # most often its first image is decoding by now; the order is not assumed
+        outcomes = [post_images(url, [near_limit_png]), holder.result(timeout=120)]
+    assert sorted(status for status, _, _, _ in outcomes) == [200, 429], [o[:2] for o in outcomes]
+    for status, answer, headers, _ in outcomes:
+        if status == 429:  # the one that came second waited 0 s for the other's turn
+            assert answer["error"] == "busy" and answer["detail"] and int(headers["retry-after"]) >= 1
+        else:
+            assert answer["results"] and all(result["label"] for result in answer["results"])
     status, answer, _, _ = post_images(url, [small_png])  # small images need no budget
     assert status == 200 and answer["results"][0]["label"]
 

@@ -1,7 +1,8 @@
 """Micro-batching: requests that arrive together run as one model call.
 
-One worker thread owns the model (LiteRT interpreters and ONNX Runtime sessions are called from
-that thread only, and the event loop never blocks on a model call). A request announces itself
+A worker thread runs the model calls that are long or that arrive while the model is busy
+(LiteRT interpreters and ONNX Runtime sessions are called by one thread at a time: a lock
+sees to it; short calls may run on the event loop, see below). A request announces itself
 when it starts reading its body (:meth:`MicroBatcher.arrival`) and hands over its prepared
 pixels with :meth:`Arrival.submit`, which also ends its arrival. The worker takes the first
 waiting job and, while other requests are still on their way and the batch has room, waits up
