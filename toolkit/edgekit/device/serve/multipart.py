@@ -2,11 +2,11 @@
 
 Fed the body chunk by chunk as it arrives, it finds each part's headers and content with
 ``bytes.find`` over one growing buffer (the upload limit bounds it), so a small upload costs a
-few calls instead of python-multipart's Python callbacks per header and data piece. A part is complete when its closing delimiter
-has arrived, and the reader refuses the moment a request names more images than allowed,
-before the rest of the body is read. Anything it does not understand is a
-:class:`MultipartError`: a missing or bad delimiter, header lines without a colon, headers
-over 16 KiB, a body that ends before its closing delimiter.
+few calls instead of python-multipart's Python callbacks per header and data piece. A part is
+complete when its closing delimiter has arrived, and the reader refuses the moment a request
+names more images than allowed, before the rest of the body is read. Anything it does not
+understand is a :class:`MultipartError`: a missing or bad delimiter, header lines without a
+colon, headers over 16 KiB, a body that ends before its closing delimiter.
 """
 
 from __future__ import annotations
