@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import json
 import socket
 import time
 from typing import Any
@@ -25,7 +26,14 @@ httpx = pytest.importorskip("httpx", reason="needs the dev extra (httpx)")
 
 from edgekit.device import images  # noqa: E402
 from edgekit.device.serve import batching, decoding, multipart  # noqa: E402
-from test_serve import MULTIPART, expected_probabilities, multipart_body, png_bytes, start_server  # noqa: E402
+from test_serve import (  # noqa: E402
+    MULTIPART,
+    expected_probabilities,
+    multipart_body,
+    png_bytes,
+    read_response,
+    start_server,
+)
 
 SIDE = 6000  # 36 Mpx: just under the 40 Mpx decompression-bomb limit
 BOUND_SECONDS = 1.0
@@ -198,6 +206,20 @@ def test_a_client_gone_mid_upload_is_one_log_line(strict_server, small_png, how)
     lines = strict_server.log_lines()[before + 1:strict_server.mark_log()]
     assert len(lines) == 1 and " POST /v1/predict 499 " in lines[0], lines
     assert "client closed request" in lines[0]
+    assert "Traceback" not in strict_server.log.read_text()
+    status, answer, _, _ = post_images(strict_server.url, [small_png])
+    assert status == 200 and answer["results"][0]["label"]
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GARBAGE\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+    b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 9\r\n\r\nhello"],
+    ids=["no request line", "header without colon", "two content lengths"])
+def test_malformed_http_is_a_json_400_and_the_server_goes_on(strict_server, small_png, request_bytes):
+    with socket.create_connection((strict_server.host, strict_server.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        status, body = read_response(sock)
+    assert status == 400 and json.loads(body)["error"] == "bad_http"
     assert "Traceback" not in strict_server.log.read_text()
     status, answer, _, _ = post_images(strict_server.url, [small_png])
     assert status == 200 and answer["results"][0]["label"]
