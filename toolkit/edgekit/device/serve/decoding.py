@@ -14,8 +14,8 @@ from the image's header first (a PNG's IHDR directly; anything else through Pill
   When others hold the budget an image waits its turn (first come, first served), and past
   ``wait_seconds`` the request gets a 429 with ``Retry-After``.
 
-A header that declares more than :data:`edgekit.device.images.MAX_PIXELS` is refused by
-``images.prepare_bytes`` at ``Image.open``, before any decoding, so it is "small" work too.
+A header that declares more than :data:`edgekit.device.images.MAX_PIXELS` is refused from the
+header, before any decoding.
 """
 
 from __future__ import annotations
@@ -155,6 +155,12 @@ class Decoder:
 
     async def prepare(self, part: Part) -> images.PreparedImage:
         pixels = declared_pixels(part.data)
+        if pixels is not None and pixels > images.MAX_PIXELS:
+            # Refused here from the header, as images.decode would refuse it, but without relying
+            # on Pillow's process-wide MAX_IMAGE_PIXELS, which decodes in the pool set and reset.
+            raise ApiError(422, "not_an_image",
+                           f"image {part.name} decodes to more than {images.MAX_PIXELS:,} pixels; "
+                           "refusing a possible decompression bomb. Resize it first.")
         if on_the_loop(part.data, pixels):
             return prepare(part, self.contract)  # fails at the header, or decodes little
         try:
