@@ -15,7 +15,6 @@ from the client's latency minus the app's total, next to a ``GET /healthz`` roun
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import json
@@ -219,14 +218,14 @@ def _get(server: _Server, path: str) -> tuple[int, bytes]:
         finally:
             await connection.close()
 
-    return asyncio.run(once())
+    return loadgen.run(once())
 
 
 def _load(server: _Server, bodies: list[bytes], clients: int,
           total: int) -> tuple[list[loadgen.Reply], float]:
     requests = [loadgen.multipart_request(server.host, server.port, "/v1/predict", body, f"{index}.png")
                 for index, body in enumerate(bodies)]
-    return asyncio.run(loadgen.closed_loop(server.host, server.port, requests, clients, total))
+    return loadgen.run(loadgen.closed_loop(server.host, server.port, requests, clients, total))
 
 
 def _timed(server: _Server, bodies: list[bytes], expected: list[str], clients: int,
@@ -275,7 +274,7 @@ def _batching_counters(server: _Server) -> tuple[int, int] | None:
 
 def _healthz_round_trip(server: _Server, total: int) -> float:
     request = loadgen.get_request(server.host, server.port, "/healthz")
-    replies, _ = asyncio.run(loadgen.closed_loop(server.host, server.port, [request], 1, total))
+    replies, _ = loadgen.run(loadgen.closed_loop(server.host, server.port, [request], 1, total))
     return float(np.median([reply.seconds for reply in replies]) * 1000)
 
 

@@ -105,6 +105,7 @@ class PredictEndpoint:
                 items.append(await self.decoder.prepare(part))
                 prepare_seconds.append(time.perf_counter() - begun)
             pixels = items[0].pixels[None] if len(items) == 1 else np.stack([i.pixels for i in items])
+            prepared_at = time.perf_counter()  # before the model: a call on the loop is "model"
             size = self.batcher.max_batch
             here = arrival.run_here(pixels) if len(pixels) <= size else None
             try:
@@ -112,7 +113,6 @@ class PredictEndpoint:
                     arrival.submit(pixels[start:start + size]) for start in range(0, len(pixels), size)]
             except BatcherClosed:
                 raise ApiError(503, "stopping", "the server is stopping; retry on another.") from None
-        prepared_at = time.perf_counter()
         outcomes: list[BatchResult] = (
             [here] if here is not None else [await pending[0]] if len(pending) == 1
             else await asyncio.gather(*pending))
