@@ -202,7 +202,10 @@ def test_a_client_gone_mid_upload_is_one_log_line(strict_server, small_png, how)
     with socket.create_connection((strict_server.host, strict_server.port), timeout=10) as sock:
         sock.sendall(head + body)  # 5,000 bytes short: the server waits for them
         time.sleep(0.3)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10  # the line comes when the server has seen the close
+    while not any(" 499 " in line for line in strict_server.log_lines()[before + 1:]):
+        assert time.monotonic() < deadline, "no 499 line was logged"
+        time.sleep(0.05)
     lines = strict_server.log_lines()[before + 1:strict_server.mark_log()]
     assert len(lines) == 1 and " POST /v1/predict 499 " in lines[0], lines
     assert "client closed request" in lines[0]
