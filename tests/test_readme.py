@@ -88,5 +88,5 @@ def test_explain_and_serve_sections_render_from_their_reports():
     assert ("every artifact passed" in text) == explain["passed"]
     serve = json.loads((EXPORTED / "reports" / "serve_benchmark.json").read_text())
     text = update_readme.serve_section(serve, 2)
-    single = next(row for row in serve["rows"] if row["server"] == "batching on" and row["clients"] == 1)
-    assert f"{single['requests_per_second']:,.0f} requests/s with 1 client" in text
+    ours = next(row for row in serve["rows"] if row["server"] == "edgekit serve" and row["clients"] == 16)
+    assert f"edgekit serve answers {ours['requests_per_second']:,.0f} requests/s" in text

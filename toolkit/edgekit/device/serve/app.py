@@ -16,6 +16,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import fastapi.openapi.utils
+import fastapi.routing
 import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,23 +25,21 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from edgekit import __version__, errors
+from edgekit import __version__
 from edgekit.device import images
 from edgekit.device.serve import page, schemas, uploads
-from edgekit.device.serve.batching import BatcherClosed, BatchResult, MicroBatcher
+from edgekit.device.serve import predict as predict_module
+from edgekit.device.serve.batching import MicroBatcher
 from edgekit.device.serve.config import DEFAULT_TOP_K, ServeConfig
-from edgekit.device.serve.limits import NOTE_KEY, ApiError, BodyLimit, Receive, Scope, Send, error_response
-from edgekit.device.serve.served import ServedModel, image_result
+from edgekit.device.serve.decoding import Decoder
+from edgekit.device.serve.limits import ApiError, BodyLimit, Receive, Scope, Send, error_response, log_request
+from edgekit.device.serve.predict import PredictEndpoint
+from edgekit.device.serve.served import ServedModel
 
 log = logging.getLogger("edgekit.serve")
 
-# Uploads above this are decoded in a worker thread (Pillow releases the GIL), so a large
-# picture does not hold up every other request; small ones are decoded inline, where a
-# thread hop would cost more than the decoding.
-INLINE_DECODE_BYTES = 256 * 1024
-
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": schemas.ErrorResponse} for status in (400, 413, 415, 422, 503)}
+    status: {"model": schemas.ErrorResponse} for status in (400, 413, 415, 422, 429, 503)}
 
 
 @dataclasses.dataclass
@@ -47,13 +47,36 @@ class ServerState:
     served: ServedModel
     config: ServeConfig
     batcher: MicroBatcher
+    decoder: Decoder
     ready: bool = False
     failure: str | None = None
 
+    def not_ready(self) -> str | None:
+        """None once the warm-up call succeeded; else what to tell a client."""
+        if self.ready:
+            return None
+        return self.failure or "the model is warming up; retry in a moment (GET /healthz says when)."
 
-def create_app(served: ServedModel, config: ServeConfig) -> FastAPI:
+
+class EdgekitApp:
+    """The server: ``POST /v1/predict`` on its lean path (:mod:`.predict`), the rest FastAPI's."""
+
+    def __init__(self, api: FastAPI, predict: PredictEndpoint) -> None:
+        self.api = api
+        self.predict = predict
+        self.state: ServerState = api.state.edgekit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == predict_module.PATH:
+            await self.predict(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+def create_app(served: ServedModel, config: ServeConfig) -> EdgekitApp:
     batcher = MicroBatcher(served.model.predict, config.max_batch, config.batch_wait_ms / 1000)
-    state = ServerState(served, config, batcher)
+    decoder = Decoder(served.model.contract, config.decode_budget_pixels, config.decode_wait_s)
+    state = ServerState(served, config, batcher, decoder)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -64,17 +87,19 @@ def create_app(served: ServedModel, config: ServeConfig) -> FastAPI:
         finally:
             warming.cancel()
             await run_in_threadpool(batcher.close, 30)
+            await run_in_threadpool(decoder.close)
 
-    app = FastAPI(title="edgekit serve", version=__version__, lifespan=lifespan,
+    api = FastAPI(title="edgekit serve", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None,  # FastAPI's docs pages load scripts from a CDN
                   description=f"{served.name}: an image classifier exported and verified by "
                               "edgekit. The schema is at /openapi.json; the page at /.")
-    app.state.edgekit = state
-    app.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes)  # type: ignore[arg-type]
-    app.add_middleware(RequestLog, enabled=config.log_requests)  # type: ignore[arg-type]
-    _add_error_handlers(app)
-    _add_routes(app, state)
-    return app
+    api.state.edgekit = state
+    api.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes)  # type: ignore[arg-type]
+    api.add_middleware(RequestLog, enabled=config.log_requests)  # type: ignore[arg-type]
+    _add_error_handlers(api)
+    _add_routes(api, state)
+    _document_predict(api)
+    return EdgekitApp(api, PredictEndpoint(served, config, batcher, decoder, state.not_ready))
 
 
 async def _warm_up(state: ServerState) -> None:
@@ -88,37 +113,59 @@ async def _warm_up(state: ServerState) -> None:
     state.ready = True
 
 
+def _predict_operation(
+        top_k: int = Query(DEFAULT_TOP_K, ge=1, le=predict_module.MAX_TOP_K,  # noqa: B008
+                           description="how many classes to list (at most all)"),
+        prepared: bool = Query(False, description="also return the model's input "  # noqa: B008
+                                                  "as a PNG data URL")) -> None:
+    """Classify one or more images (multipart field ``image``, repeated; or a raw body)."""
+
+
+def _document_predict(api: FastAPI) -> None:
+    """Put ``POST /v1/predict`` into the OpenAPI schema.
+
+    Requests to it never reach FastAPI (:class:`EdgekitApp` routes them to the lean handler),
+    so its operation is described by a route that is not routed: FastAPI's own schema
+    generator documents its parameters, body and answers as for any other route.
+    """
+    operation = fastapi.routing.APIRoute(
+        predict_module.PATH, _predict_operation, methods=["POST"], name="predict",
+        responses={200: {"model": schemas.PredictResponse}, **ERRORS},
+        openapi_extra={"requestBody": REQUEST_BODY})
+
+    def openapi() -> dict[str, Any]:
+        if api.openapi_schema is None:
+            api.openapi_schema = fastapi.openapi.utils.get_openapi(
+                title=api.title, version=api.version, description=api.description,
+                routes=[*api.routes, operation])
+        return api.openapi_schema
+
+    api.openapi = openapi  # type: ignore[method-assign]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
 def _add_routes(app: FastAPI, state: ServerState) -> None:
     served = state.served
-    classes = served.model.contract.num_classes
-
-    @app.post("/v1/predict", responses={200: {"model": schemas.PredictResponse}, **ERRORS},
-              openapi_extra={"requestBody": REQUEST_BODY})
-    async def predict(request: Request,
-                      top_k: int = Query(DEFAULT_TOP_K, ge=1, le=1000,
-                                         description="how many classes to list (at most all)"),
-                      prepared: bool = Query(False, description="also return the model's input "
-                                                                "as a PNG data URL")) -> JSONResponse:
-        """Classify one or more images (multipart field ``image``, repeated; or a raw body)."""
-        if not state.ready:
-            raise ApiError(503, "not_ready", state.failure or "the model is warming up; retry in a "
-                                                              "moment (GET /healthz says when).")
-        answer = await _predict(state, request, min(top_k, classes), prepared)
-        best = answer["results"][0]
-        count = len(answer["results"])
-        request.scope[NOTE_KEY] = (f"{count} image{'s' if count > 1 else ''}: {best['label']} "
-                                   f"({best['probability']:.1%})" + (" ..." if count > 1 else ""))
-        return JSONResponse(answer)
 
     @app.get("/v1/model", response_model=schemas.ModelInfo)
     async def model_info() -> dict[str, Any]:
         """The artifact, its input contract and its parity record from the manifest."""
         config = state.config
+        policy = state.batcher.policy
         return {**served.describe(),
                 "limits": {"max_upload_bytes": config.max_upload_bytes,
-                           "max_images": config.max_images, "max_pixels": images.MAX_PIXELS},
+                           "max_images": config.max_images, "max_pixels": images.MAX_PIXELS,
+                           "decode_budget_pixels": config.decode_budget_pixels,
+                           "decode_wait_s": config.decode_wait_s},
                 "batching": {"max_batch": config.max_batch, "wait_ms": config.batch_wait_ms,
-                             "batches": state.batcher.batches, "images": state.batcher.images}}
+                             "batches": state.batcher.batches, "images": state.batcher.images,
+                             "queued_together": "one call" if policy.batching else "one call each",
+                             "model_ms_per_image": {
+                                 "one_call": _ms(policy.cost[True]),
+                                 "one_call_each": _ms(policy.cost[False])}}}
 
     @app.get("/healthz", response_model=schemas.Health, responses={503: {"model": schemas.Health}})
     async def healthz() -> JSONResponse:
@@ -134,62 +181,16 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         return HTMLResponse(page.HTML, headers={"Content-Security-Policy": page.CONTENT_SECURITY_POLICY})
 
 
-async def _predict(state: ServerState, request: Request, top_k: int, prepared: bool) -> dict[str, Any]:
-    contract = state.served.model.contract
-    started = time.perf_counter()
-    with state.batcher.arrival() as arrival:
-        received = await uploads.read_images(request, state.config.max_images)
-        read = time.perf_counter()
-        items, prepare_seconds = [], []
-        for upload in received:
-            begun = time.perf_counter()
-            if len(upload.data) > INLINE_DECODE_BYTES:
-                item = await run_in_threadpool(_prepare, upload, contract)
-            else:
-                item = _prepare(upload, contract)
-            items.append(item)
-            prepare_seconds.append(time.perf_counter() - begun)
-        pixels = np.stack([item.pixels for item in items])
-        size = state.config.max_batch
-        try:
-            pending = [arrival.submit(pixels[start:start + size])
-                       for start in range(0, len(pixels), size)]
-        except BatcherClosed:
-            raise ApiError(503, "stopping", "the server is stopping; retry on another.") from None
-    prepared_at = time.perf_counter()
-    outcomes: list[BatchResult] = await asyncio.gather(*pending)
-    probabilities = np.concatenate([outcome.probabilities for outcome in outcomes])
-    model_ms = sum(outcome.model_seconds for outcome in outcomes) * 1000
-    results = []
-    for item, row, seconds in zip(items, probabilities, prepare_seconds, strict=True):
-        result = image_result(contract.labels, item, row, top_k, prepared)
-        result["time_ms"] = {"prepare": seconds * 1000, "model": model_ms}
-        results.append(result)
-    finished = time.perf_counter()
-    queue_ms = (finished - prepared_at) * 1000 - model_ms
-    return {"model": state.served.name, "results": results,
-            "batch_images": max(outcome.batch_images for outcome in outcomes),
-            "time_ms": {"read": (read - started) * 1000, "prepare": (prepared_at - read) * 1000,
-                        "queue": max(queue_ms, 0.0), "model": model_ms,
-                        "total": (finished - started) * 1000}}
-
-
-def _prepare(upload: uploads.Upload, contract: Any) -> images.PreparedImage:
-    try:
-        return images.prepare_bytes(upload.data, upload.name, contract)
-    except errors.ImageError as error:
-        raise ApiError(422, "not_an_image", str(error)) from None
-
-
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
-        return error_response(request.scope, error.status, error.code, error.detail)
+        return error_response(request.scope, error.status, error.code, error.detail, error.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-        return error_response(request.scope, error.status_code, code, str(error.detail))
+        # Starlette's 405 names the allowed methods in its headers (RFC 9110 15.5.6: Allow)
+        return error_response(request.scope, error.status_code, code, str(error.detail), error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -221,10 +222,7 @@ class RequestLog:
         try:
             await self.app(scope, receive, watched_send)
         finally:
-            client = scope.get("client") or ("-", 0)
-            note = scope.get(NOTE_KEY)
-            log.info("%s %s %s %d %.1f ms%s", client[0], scope["method"], scope["path"], status,
-                     (time.perf_counter() - started) * 1000, f"  {note}" if note else "")
+            log_request(scope, status, started)
 
 
 REQUEST_BODY = {

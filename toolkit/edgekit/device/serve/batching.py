@@ -1,12 +1,22 @@
 """Micro-batching: requests that arrive together run as one model call.
 
-One worker thread owns the model (LiteRT interpreters and ONNX Runtime sessions are called from
-that thread only, and the event loop never blocks on a model call). A request announces itself
+A worker thread runs the model calls that are long or that arrive while the model is busy
+(LiteRT interpreters and ONNX Runtime sessions are called by one thread at a time: a lock
+sees to it; short calls may run on the event loop, see below). A request announces itself
 when it starts reading its body (:meth:`MicroBatcher.arrival`) and hands over its prepared
 pixels with :meth:`Arrival.submit`, which also ends its arrival. The worker takes the first
 waiting job and, while other requests are still on their way and the batch has room, waits up
 to ``wait_seconds`` for them; with nothing on its way it runs at once, so a lone client never
 pays the wait. ``max_batch`` 1 is "no batching": every request is one call.
+
+Whether requests queued together run as one call is decided from measurement, not assumed
+(:class:`BatchPolicy`): the model time per image is measured over windows of calls run each
+way, re-allocations included (a LiteRT model re-allocates its tensors for every new batch
+size, and a small model gains little per image), and the cheaper way is kept; every
+``EXPLORE_EVERY``-th window tries the other, so both measures stay current. A model call
+measured under ``INLINE_SECONDS`` runs on the caller's thread (the event loop) when the model
+is free and nothing is queued (:meth:`Arrival.run_here`): the hop to the worker thread and
+back would cost more than the call. A lock keeps calls one at a time either way.
 """
 
 from __future__ import annotations
@@ -20,6 +30,53 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
+
+WINDOW_IMAGES = 64  # images per measured window of the batching choice
+EXPLORE_EVERY = 8  # windows
+# A model call measured shorter than this runs on the event loop when the model is free and
+# nothing is queued for it: it costs less than the hop to the model thread and back (two
+# thread wake-ups, each a scheduler's latency on a busy machine), and holds other requests up
+# no longer than decoding a small picture on the loop does.
+INLINE_SECONDS = 0.005
+SMOOTHING = 0.2  # weight of the newest measure in a running mean
+
+
+class BatchPolicy:
+    """Whether the jobs queued when the model is free run as one call or one call each."""
+
+    def __init__(self) -> None:
+        self.batching = True  # the choice for the current window
+        self.cost: dict[bool, float | None] = {True: None, False: None}  # model s per image
+        self._images = 0
+        self._seconds = 0.0
+        self._chosen = False  # whether the window held a choice (several jobs queued at once)
+        self._windows = 0
+
+    def chosen(self) -> bool:
+        """The choice for jobs queued together now."""
+        self._chosen = True
+        return self.batching
+
+    def record(self, images: int, seconds: float) -> None:
+        """Every model call: its images and time count for the current window's choice."""
+        self._images += images
+        self._seconds += seconds
+        if self._images < WINDOW_IMAGES:
+            return
+        if self._chosen:  # a window without a choice says nothing about either way
+            per_image = self._seconds / self._images
+            known = self.cost[self.batching]
+            self.cost[self.batching] = per_image if known is None else known + SMOOTHING * (per_image - known)
+            self._windows += 1
+            self.batching = self._next()
+        self._images, self._seconds, self._chosen = 0, 0.0, False
+
+    def _next(self) -> bool:
+        batched, single = self.cost[True], self.cost[False]
+        if batched is None or single is None:
+            return single is not None  # measure the way not measured yet
+        better = batched <= single
+        return better != (self._windows % EXPLORE_EVERY == 0)
 
 
 class BatcherClosed(RuntimeError):
@@ -51,6 +108,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.wait_seconds = wait_seconds
         self._condition = threading.Condition()
+        self._model_lock = threading.Lock()  # one model call at a time, on whichever thread
         self._jobs: collections.deque[_Job] = collections.deque()
         self._queued_images = 0
         self._arriving = 0
@@ -58,6 +116,8 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._work, name="edgekit-model", daemon=True)
         self.batches = 0  # model calls made
         self.images = 0  # images they held
+        self._call_seconds: dict[int, float] = {}  # running mean of a call, by its size
+        self.policy = BatchPolicy()
 
     def start(self) -> None:
         self._thread.start()
@@ -104,7 +164,15 @@ class MicroBatcher:
 
     def _work(self) -> None:
         while (jobs := self._next_batch()) is not None:
-            self._run(jobs)
+            if len(jobs) == 1 or self.policy.chosen():
+                self._run(jobs)
+            else:
+                for job in jobs:
+                    self._run([job])
+
+    def _measured(self, images: int, seconds: float) -> None:
+        known = self._call_seconds.get(images)
+        self._call_seconds[images] = seconds if known is None else known + SMOOTHING * (seconds - known)
 
     def _next_batch(self) -> list[_Job] | None:
         with self._condition:
@@ -126,18 +194,44 @@ class MicroBatcher:
             self._queued_images -= images
             return jobs
 
+    def _run_here(self, arrival: Arrival, pixels: np.ndarray) -> BatchResult | None:
+        known = self._call_seconds.get(len(pixels))
+        if known is None or known > INLINE_SECONDS:
+            return None
+        with self._condition:
+            if self._closed or self._jobs:
+                return None
+            if not self._model_lock.acquire(blocking=False):
+                return None
+            self._arriving -= 1
+            arrival.submitted = True
+        try:
+            probabilities, seconds = self._call(pixels)
+        finally:
+            self._model_lock.release()
+        return BatchResult(probabilities, 0.0, seconds, len(pixels))
+
+    def _call(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+        """One model call, measured (the caller holds the model lock)."""
+        started = time.perf_counter()
+        probabilities = self._predict(pixels)
+        seconds = time.perf_counter() - started
+        self._measured(len(pixels), seconds)
+        self.policy.record(len(pixels), seconds)
+        self.batches += 1
+        self.images += len(pixels)
+        return probabilities, seconds
+
     def _run(self, jobs: list[_Job]) -> None:
         pixels = jobs[0].pixels if len(jobs) == 1 else np.concatenate([job.pixels for job in jobs])
         started = time.perf_counter()
         try:
-            probabilities = self._predict(pixels)
+            with self._model_lock:
+                probabilities, model_seconds = self._call(pixels)
         except Exception as error:  # the requests get it; the worker keeps serving
             for job in jobs:
                 _deliver(job, error)
             return
-        model_seconds = time.perf_counter() - started
-        self.batches += 1
-        self.images += len(pixels)
         offset = 0
         for job in jobs:
             count = len(job.pixels)
@@ -152,6 +246,11 @@ class Arrival:
     def __init__(self, batcher: MicroBatcher) -> None:
         self._batcher = batcher
         self.submitted = False
+
+    def run_here(self, pixels: np.ndarray) -> BatchResult | None:
+        """Call the model on this thread now when its call has measured short, the model is
+        free and nothing is queued for it; None otherwise (then :meth:`submit`)."""
+        return self._batcher._run_here(self, pixels)
 
     def submit(self, pixels: np.ndarray) -> asyncio.Future[BatchResult]:
         """Queue this request's pixels; the first call also ends its arrival."""

@@ -9,9 +9,15 @@ from typing import Any
 MEBIBYTE = 1024 * 1024
 DEFAULT_MAX_UPLOAD_MB = 10.0
 DEFAULT_MAX_BATCH = 32
-DEFAULT_BATCH_WAIT_MS = 2.0
+DEFAULT_BATCH_WAIT_MS = 0.0  # batch what is queued when the model is free; never wait
 DEFAULT_MAX_IMAGES = 64
 DEFAULT_TOP_K = 3
+# One runtime thread per model call: a server's parallelism is across requests (the event loop,
+# the model thread, the decoding pool), and for a small model a runtime's own thread pool costs
+# more in hand-offs than it saves (and its waiting workers take CPU from the event loop).
+DEFAULT_THREADS = 1
+DEFAULT_DECODE_BUDGET_MPX = 40.0  # one picture at the decoding limit (images.MAX_PIXELS) at a time
+DEFAULT_DECODE_WAIT_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,16 +26,20 @@ class ServeConfig:
 
     ``max_batch`` 1 turns micro-batching off (every request is its own model call);
     ``batch_wait_ms`` is the longest a batch waits for requests still being read.
+    ``decode_budget_mpx`` bounds the pixels (millions) being decoded at once across requests;
+    an image waits at most ``decode_wait_s`` for its share before its request gets a 429.
     """
 
     model: Path
     host: str = "127.0.0.1"
     port: int = 8000
-    threads: int | None = None
+    threads: int | None = DEFAULT_THREADS
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     max_batch: int = DEFAULT_MAX_BATCH
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
     max_images: int = DEFAULT_MAX_IMAGES
+    decode_budget_mpx: float = DEFAULT_DECODE_BUDGET_MPX
+    decode_wait_s: float = DEFAULT_DECODE_WAIT_S
     log_requests: bool = True
 
     def __post_init__(self) -> None:
@@ -46,10 +56,19 @@ class ServeConfig:
             raise ValueError(f"batch wait must be 0..1000 ms, not {self.batch_wait_ms}")
         if self.max_images < 1:
             raise ValueError("max images per request must be at least 1")
+        if not 0 < self.decode_budget_mpx <= 10_000:
+            raise ValueError(f"the decode budget must be above 0 and at most 10000 Mpx, not "
+                             f"{self.decode_budget_mpx}")
+        if not 0 <= self.decode_wait_s <= 3600:
+            raise ValueError(f"the decode wait must be 0..3600 s, not {self.decode_wait_s}")
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * MEBIBYTE)
+
+    @property
+    def decode_budget_pixels(self) -> int:
+        return max(1, int(self.decode_budget_mpx * 1_000_000))
 
     @property
     def batching(self) -> bool:

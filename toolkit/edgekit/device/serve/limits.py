@@ -8,7 +8,9 @@ a client that lies); the rest of the body is never read, and uvicorn closes that
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -20,28 +22,54 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 NOTE_KEY = "edgekit.note"  # the scope entry the request log line reads
+CLIENT_CLOSED = 499  # nginx's status for "client closed request": logged, never sent
+
+log = logging.getLogger("edgekit.serve")
 
 
 class ApiError(Exception):
     """A request the server refuses: becomes a JSON error with ``status``."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = dict(headers or {})
 
 
-def error_response(scope: Scope, status: int, code: str, detail: str) -> JSONResponse:
+class ClientGone(Exception):
+    """The client closed the connection before its request was read in full."""
+
+
+def error_response(scope: Scope, status: int, code: str, detail: str,
+                   headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The JSON error for ``scope``'s request; its log line will carry ``code: detail``."""
     scope[NOTE_KEY] = f"{code}: {detail}"
-    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def log_request(scope: Scope, status: int, started: float) -> None:
+    """The request's one log line: client, method, path, status, ms and the note, if any."""
+    client = scope.get("client") or ("-", 0)
+    note = scope.get(NOTE_KEY)
+    log.info("%s %s %s %d %.1f ms%s", client[0], scope["method"], scope["path"], status,
+             (time.perf_counter() - started) * 1000, f"  {note}" if note else "")
 
 
 def too_large(scope: Scope, limit: int, size: str) -> JSONResponse:
-    return error_response(scope, 413, "upload_too_large",
-                          f"the request body is {size}, over this server's limit of "
-                          f"{limit / (1024 * 1024):g} MiB (--max-upload-mb); send a smaller image.")
+    error = upload_too_large(limit, size)
+    return error_response(scope, error.status, error.code, error.detail)
+
+
+def upload_too_large(limit: int, size: str) -> ApiError:
+    return ApiError(413, "upload_too_large",
+                    f"the request body is {size}, over this server's limit of "
+                    f"{limit / (1024 * 1024):g} MiB (--max-upload-mb); send a smaller image.")
+
+
+BAD_CONTENT_LENGTH = ApiError(400, "bad_content_length", "the Content-Length header is not a number.")
 
 
 class UploadTooLarge(Exception):
@@ -59,10 +87,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared == -1:
-            await error_response(scope, 400, "bad_content_length",
-                                 "the Content-Length header is not a number.")(scope, receive, send)
+            await error_response(scope, BAD_CONTENT_LENGTH.status, BAD_CONTENT_LENGTH.code,
+                                 BAD_CONTENT_LENGTH.detail)(scope, receive, send)
             return
         if declared is not None and declared > self.max_bytes:
             await too_large(scope, self.max_bytes, f"{declared:,} bytes")(scope, receive, send)
@@ -93,7 +121,7 @@ class BodyLimit:
                             f"more than {self.max_bytes:,} bytes")(scope, receive, send)
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
     """The declared body size; None when absent, -1 when unreadable."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":

@@ -1,9 +1,12 @@
 """How fast the server answers: requests/s and latency under concurrency, in one run.
 
-Three servers, each a process of its own on a free loopback port — edgekit with micro-batching,
-edgekit with it off (``max_batch`` 1), and the simplest FastAPI endpoint calling
-``edgekit.runtime`` per request (:mod:`.baseline`) — take turns under 1 and 16 concurrent
-clients (:mod:`.loadgen`), in rounds, so a change in the machine's load touches all of them.
+Three servers, each one process of its own on a free loopback port — ``edgekit serve`` with
+the options given (its defaults unless told), the same with micro-batching off (``max_batch``
+1), and the server a user would write instead (:mod:`.baseline`: FastAPI, one ``async def``
+endpoint, ``edgekit.runtime``, on uvicorn's defaults) — take turns under 1 and 16 concurrent
+keep-alive clients posting multipart field ``image`` (:mod:`.loadgen`), in rounds, so a change
+in the machine's load touches all of them. Each server logs as it would by default (edgekit's
+request log, uvicorn's access log), to a file.
 Every answer is checked: status 200 and the label ``edgekit.runtime`` gives the same image.
 Where the time goes comes from the app's own ``time_ms`` (body reading and multipart parsing,
 decoding and preparation, the hand-over to the model thread, the model) and, outside the app,
@@ -12,7 +15,6 @@ from the client's latency minus the app's total, next to a ``GET /healthz`` roun
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import io
 import json
@@ -33,11 +35,14 @@ from PIL import Image
 from edgekit import errors, fileio
 from edgekit.device import images as images_module
 from edgekit.device.serve import loadgen
-from edgekit.device.serve.config import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, ServeConfig
+from edgekit.device.serve.config import DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, DEFAULT_THREADS, ServeConfig
 from edgekit.device.serve.served import ServedModel, open_model
 
 REPORT = Path("reports") / "serve_benchmark.json"
-SERVERS = {"batching on": "edgekit", "batching off": "edgekit", "per-request endpoint": "per-request"}
+EDGEKIT = "edgekit serve"
+UNBATCHED = "edgekit serve, batching off"
+WRAPPER = "FastAPI wrapper"
+SERVERS = {EDGEKIT: "edgekit", UNBATCHED: "edgekit", WRAPPER: "wrapper"}
 PHASES = ("read", "prepare", "queue", "model", "total")
 START_SECONDS = 60
 
@@ -51,7 +56,7 @@ class MeasureConfig:
     requests: int = 320
     rounds: int = 3
     warmup: int = 50
-    threads: int | None = None
+    threads: int | None = DEFAULT_THREADS
     max_batch: int = DEFAULT_MAX_BATCH
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
 
@@ -61,8 +66,8 @@ class MeasureConfig:
             raise ValueError("every client needs a request: requests >= clients, rounds >= 1")
 
     def server_config(self, name: str) -> ServeConfig:
-        return ServeConfig(model=self.model, port=0, threads=self.threads, log_requests=False,
-                           max_batch=self.max_batch if name == "batching on" else 1,
+        return ServeConfig(model=self.model, port=0, threads=self.threads,
+                           max_batch=1 if name == UNBATCHED else self.max_batch,
                            batch_wait_ms=self.batch_wait_ms)
 
 
@@ -98,11 +103,13 @@ def run(config: MeasureConfig, progress: Callable[[str], None] = lambda line: No
             _load(server, bodies, 1, config.warmup)  # untimed: first calls, caches, allocations
         for round_number in range(config.rounds):
             progress(f"round {round_number + 1} of {config.rounds}")
+            # Each round starts with the next server, so none always runs first (or last).
+            turn = servers[round_number % len(servers):] + servers[:round_number % len(servers)]
             for clients in config.clients:
-                for server in servers:
+                for server in turn:
                     samples.setdefault((server.name, clients), []).append(
                         _timed(server, bodies, expected, clients, config.requests))
-        floor = _healthz_round_trip(servers[1], config.requests)
+        floor = _healthz_round_trip(servers[0], config.requests)
     finally:
         for server in servers:
             server.stop()
@@ -116,8 +123,32 @@ def run(config: MeasureConfig, progress: Callable[[str], None] = lambda line: No
         "settings": {**dataclasses.asdict(config), "model": str(config.model)},
         "images": source,
         "rows": rows,
-        "time_per_request": _where_time_goes(samples, rows, floor, in_process),
+        "against_wrapper": _against_wrapper(rows, samples),
+        "time_per_request": _where_time_goes(samples, floor, in_process),
     }
+
+
+def _against_wrapper(rows: list[dict[str, Any]],
+                     samples: dict[tuple[str, int], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """edgekit serve's requests/s and p99 as multiples of the wrapper's, per client count: over
+    the whole run, and the median of each round's ratio (the two measured minutes apart at
+    most, so a change in the machine's load touches both; the steadier figure on a busy machine)."""
+    found = {(row["server"], row["clients"]): row for row in rows}
+    ratios = []
+    for server, clients in found:
+        if server != WRAPPER or (EDGEKIT, clients) not in found:
+            continue
+        ours, theirs = samples[(EDGEKIT, clients)], samples[(WRAPPER, clients)]
+        per_round = [(len(mine["latencies"]) / mine["seconds"]) / (len(other["latencies"]) / other["seconds"])
+                     for mine, other in zip(ours, theirs, strict=True)]
+        ratios.append({
+            "clients": clients,
+            "requests_per_second_ratio": found[(EDGEKIT, clients)]["requests_per_second"]
+            / found[(WRAPPER, clients)]["requests_per_second"],
+            "median_round_ratio": float(np.median(per_round)),
+            "round_ratios": per_round,
+            "p99_ratio": found[(EDGEKIT, clients)]["p99_ms"] / found[(WRAPPER, clients)]["p99_ms"]})
+    return ratios
 
 
 def _load_average() -> float | None:
@@ -187,20 +218,22 @@ def _get(server: _Server, path: str) -> tuple[int, bytes]:
         finally:
             await connection.close()
 
-    return asyncio.run(once())
+    return loadgen.run(once())
 
 
 def _load(server: _Server, bodies: list[bytes], clients: int,
           total: int) -> tuple[list[loadgen.Reply], float]:
     requests = [loadgen.multipart_request(server.host, server.port, "/v1/predict", body, f"{index}.png")
                 for index, body in enumerate(bodies)]
-    return asyncio.run(loadgen.closed_loop(server.host, server.port, requests, clients, total))
+    return loadgen.run(loadgen.closed_loop(server.host, server.port, requests, clients, total))
 
 
 def _timed(server: _Server, bodies: list[bytes], expected: list[str], clients: int,
            total: int) -> dict[str, Any]:
     before = _batching_counters(server)
+    cpu_before = _cpu_seconds(server.process.pid)
     replies, seconds = _load(server, bodies, clients, total)
+    cpu_after = _cpu_seconds(server.process.pid)
     after = _batching_counters(server)
     phases: dict[str, list[float]] = {phase: [] for phase in PHASES}
     errors_seen = wrong = 0
@@ -214,8 +247,22 @@ def _timed(server: _Server, bodies: list[bytes], expected: list[str], clients: i
         for phase in PHASES if "time_ms" in answer else ():
             phases[phase].append(answer["time_ms"][phase])
     calls = None if before is None or after is None else (after[0] - before[0], after[1] - before[1])
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
     return {"latencies": [reply.seconds for reply in replies], "seconds": seconds,
-            "errors": errors_seen, "wrong": wrong, "phases": phases, "calls": calls}
+            "errors": errors_seen, "wrong": wrong, "phases": phases, "calls": calls, "cpu_seconds": cpu}
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """The CPU time (user + system, all threads) a process has used; None off Linux.
+
+    What a server spends per request, unlike its requests/s, hardly moves with other work on
+    the machine: the steadier measure of which server is leaner on a busy machine.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def _batching_counters(server: _Server) -> tuple[int, int] | None:
@@ -227,7 +274,7 @@ def _batching_counters(server: _Server) -> tuple[int, int] | None:
 
 def _healthz_round_trip(server: _Server, total: int) -> float:
     request = loadgen.get_request(server.host, server.port, "/healthz")
-    replies, _ = asyncio.run(loadgen.closed_loop(server.host, server.port, [request], 1, total))
+    replies, _ = loadgen.run(loadgen.closed_loop(server.host, server.port, [request], 1, total))
     return float(np.median([reply.seconds for reply in replies]) * 1000)
 
 
@@ -243,6 +290,9 @@ def _row(name: str, clients: int, blocks: list[dict[str, Any]]) -> dict[str, Any
         "images_per_model_call": (sum(images for _, images in calls) / max(1, sum(c for c, _ in calls))
                                   if calls else None),
         "app_mean_ms": _phase_means(blocks),
+        "server_cpu_ms_per_request": (
+            None if any(block["cpu_seconds"] is None for block in blocks)
+            else 1000 * sum(block["cpu_seconds"] for block in blocks) / len(latencies)),
     }
 
 
@@ -252,28 +302,40 @@ def _phase_means(blocks: list[dict[str, Any]]) -> dict[str, float] | None:
     return {phase: float(np.mean(found)) for phase, found in values.items()} if values["total"] else None
 
 
-def _where_time_goes(samples: dict[tuple[str, int], list[dict[str, Any]]], rows: list[dict[str, Any]],
-                     floor_ms: float, in_process: dict[str, float]) -> dict[str, Any]:
-    """Mean per request on the edgekit server without batching, one client at a time."""
-    blocks = samples[("batching off", min(key[1] for key in samples))]
+def _where_time_goes(samples: dict[tuple[str, int], list[dict[str, Any]]], floor_ms: float,
+                     in_process: dict[str, float]) -> dict[str, Any]:
+    """Mean per request on edgekit serve, one client at a time (and the wrapper's mean)."""
+    clients = min(key[1] for key in samples)
+    blocks = samples[(EDGEKIT, clients)]
     app = _phase_means(blocks)
     assert app is not None  # the edgekit server reports its phases
-    client_ms = float(np.mean(np.concatenate([block["latencies"] for block in blocks]))) * 1000
-    return {"server": "batching off", "clients": min(key[1] for key in samples),
-            "client_mean_ms": client_ms, "app_ms": app, "outside_app_ms": client_ms - app["total"],
-            "healthz_round_trip_ms": floor_ms, "in_process_ms": in_process}
+
+    def client_mean(name: str) -> float:
+        found = samples[(name, clients)]
+        return float(np.mean(np.concatenate([block["latencies"] for block in found]))) * 1000
+
+    client_ms = client_mean(EDGEKIT)
+    return {"server": EDGEKIT, "clients": clients, "client_mean_ms": client_ms, "app_ms": app,
+            "outside_app_ms": client_ms - app["total"], "healthz_round_trip_ms": floor_ms,
+            "wrapper_client_mean_ms": client_mean(WRAPPER), "in_process_ms": in_process}
 
 
 def table(report: dict[str, Any]) -> str:
     """The report as a text table and a sentence on where a request's time goes."""
-    lines = [f"{'server':<22}{'clients':>8}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
-             f"{'images/call':>13}{'errors':>8}"]
+    lines = [f"{'server':<29}{'clients':>8}{'requests/s':>12}{'p50 ms':>9}{'p99 ms':>9}"
+             f"{'images/call':>13}{'CPU ms/req':>12}{'errors':>8}"]
     for row in report["rows"]:
-        per_call = row["images_per_model_call"]
-        lines.append(f"{row['server']:<22}{row['clients']:>8}{row['requests_per_second']:>12.0f}"
+        per_call, cpu = row["images_per_model_call"], row["server_cpu_ms_per_request"]
+        lines.append(f"{row['server']:<29}{row['clients']:>8}{row['requests_per_second']:>12.0f}"
                      f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
                      f"{'-' if per_call is None else f'{per_call:.1f}':>13}"
+                     f"{'-' if cpu is None else f'{cpu:.2f}':>12}"
                      f"{row['errors'] + row['wrong_labels']:>8}")
+    for ratio in report["against_wrapper"]:
+        lines.append(f"{EDGEKIT} / {WRAPPER}, {ratio['clients']} client(s): "
+                     f"{ratio['requests_per_second_ratio']:.2f}x the requests/s (median of the "
+                     f"rounds {ratio['median_round_ratio']:.2f}x), "
+                     f"{ratio['p99_ratio']:.2f}x the p99 latency")
     time_goes = report["time_per_request"]
     app = time_goes["app_ms"]
     machine = report["machine"]
@@ -283,7 +345,8 @@ def table(report: dict[str, Any]) -> str:
         f"{time_goes['outside_app_ms']:.2f} ms (a GET /healthz round trip: "
         f"{time_goes['healthz_round_trip_ms']:.2f} ms), body and multipart {app['read']:.2f}, "
         f"decoding and preparation {app['prepare']:.2f}, hand-over to the model thread "
-        f"{app['queue']:.2f}, model {app['model']:.2f} ms.")
+        f"{app['queue']:.2f}, model {app['model']:.2f} ms; the wrapper's mean: "
+        f"{time_goes['wrapper_client_mean_ms']:.2f} ms.")
     lines.append(f"Machine: {machine['cpus']} CPUs, load average {machine['load_average_before']} before, "
                  f"{machine['load_average_after']} after (the servers and the clients share them).")
     return "\n".join(lines)

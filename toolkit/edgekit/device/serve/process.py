@@ -1,13 +1,15 @@
 """One server for the measurement: ``python -m edgekit.device.serve.process VARIANT CONFIG``.
 
-``VARIANT`` is ``edgekit`` (the real app, with the config's batching) or ``per-request`` (the
-:mod:`.baseline`); ``CONFIG`` is a :class:`ServeConfig` as JSON. Prints the URL on its first
+``VARIANT`` is ``edgekit`` (the real app, with the config's options) or ``wrapper`` (the
+:mod:`.baseline` a user would write, on uvicorn's defaults: only the config's model is used);
+``CONFIG`` is a :class:`ServeConfig` as JSON. Prints the URL on its first
 line of output once listening; SIGTERM stops it like Ctrl-C (in-flight requests finish).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import types
@@ -15,11 +17,18 @@ import types
 from edgekit.device.serve import baseline, server
 from edgekit.device.serve.config import ServeConfig
 
-VARIANTS = ("edgekit", "per-request")
+VARIANTS = ("edgekit", "wrapper")
 
 
 def _interrupt(signum: int, frame: types.FrameType | None) -> None:
     raise KeyboardInterrupt()
+
+
+def _announce(url: str) -> None:
+    """The URL as stdout's only line; then stdout goes where stderr goes (uvicorn's access log
+    writes to stdout, and nobody reads the pipe after the first line: it would fill and block)."""
+    print(url, flush=True)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
 
 
 def main(arguments: list[str]) -> int:
@@ -30,15 +39,21 @@ def main(arguments: list[str]) -> int:
     variant, payload = arguments
     config = ServeConfig.from_dict(json.loads(payload))
     signal.signal(signal.SIGTERM, _interrupt)  # uvicorn raises it again after a graceful stop
-    if variant == "per-request":
-        app = baseline.create_app(config.model, config.threads)
-    else:
-        from edgekit.device.serve import app as app_module
-        from edgekit.device.serve import served
-
-        app = app_module.create_app(served.open_model(config.model, config.threads), config)
     sock = server.bind(config.host, config.port)
-    print(server.url_of(sock), flush=True)
+    if variant == "wrapper":
+        wrapper = baseline.create_app(config.model)
+        _announce(server.url_of(sock))
+        try:
+            baseline.run(wrapper, sock)
+        except KeyboardInterrupt:
+            pass  # uvicorn raises the signal again after its graceful stop
+        return 0
+    from edgekit.device.serve import app as app_module
+    from edgekit.device.serve import served
+
+    app = app_module.create_app(served.open_model(config.model, config.threads), config)
+    server.configure_logging()  # the request log, as `edgekit serve` writes it
+    _announce(server.url_of(sock))
     server.run(app, sock)
     return 0
 

@@ -9,6 +9,8 @@ KeyboardInterrupt, which :func:`run` takes as the end of a clean stop.
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import signal
 import socket
@@ -67,10 +69,39 @@ def configure_logging() -> None:
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
 
+def json_http_protocol() -> type | str:
+    """uvicorn's httptools protocol answering malformed HTTP with the server's JSON error shape.
+
+    A request uvicorn cannot parse never reaches the app: uvicorn answers it with a plain-text
+    400 itself (``send_400_response``, and a warning line in its log). Same status, same
+    closing of the connection, but the body every other refusal has. Without httptools,
+    uvicorn's own choice ("auto") and its text answer.
+    """
+    if importlib.util.find_spec("httptools") is None:
+        return "auto"
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+    class JsonErrorsProtocol(HttpToolsProtocol):
+        def send_400_response(self, msg: str) -> None:
+            body = json.dumps({"error": "bad_http", "detail": f"{msg} (not a well-formed HTTP/1.1 "
+                                                              "request)"}).encode()
+            content = [STATUS_LINE[400]]
+            for name, value in self.server_state.default_headers:
+                content.extend([name, b": ", value, b"\r\n"])
+            content.extend([b"content-type: application/json\r\n",
+                            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                            b"connection: close\r\n", b"\r\n", body])
+            self.transport.write(b"".join(content))
+            self.transport.close()
+
+    return JsonErrorsProtocol
+
+
 def run(app: Any, sock: socket.socket) -> str | None:
     """Serve ``app`` on ``sock`` until SIGINT or SIGTERM; return that signal's name."""
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False)
+                            timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False,
+                            http=json_http_protocol())  # type: ignore[arg-type]
     server = _Server(config)
     try:
         server.run(sockets=[sock])
