@@ -216,3 +216,46 @@ def test_serve_on_the_device_without_tensorflow(serve_env, test_split, tmp_path)
     expected = runtime.load(model).predict(test_split.images[:1])[0]
     np.testing.assert_allclose(result["probabilities"], expected, rtol=0, atol=1e-6)
     assert server.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
+
+
+def test_a_keras_applications_release_predicts_on_the_device(device_env, tmp_path):
+    """MobileNetV3Small (built here, weights=None, 32x32, three garment classes): every artifact
+    answers `edgekit predict --json` on the TensorFlow-free install with the folder's class
+    names, and the fp32 TFLite file's top-1 is the Keras model's own."""
+    pytest.importorskip("tensorflow")
+    import json
+
+    import keras
+    import numpy as np
+
+    from test_architectures import architectures
+
+    family = architectures()
+    data = family.garment_folder(tmp_path / "garments", 32, per_class=20)
+    keras.utils.set_random_seed(0)
+    model = family.build("mobilenet_v3_small", 32, len(family.FASHION_CLASSES))
+    from edgekit.device import datasets
+
+    train = datasets.open_dataset(data, size=(32, 32)).train  # a few steps: no near-ties
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    model.fit(train.images.astype(np.float32), train.labels, batch_size=16, epochs=3, verbose=0)
+    path = tmp_path / "mobilenet.keras"
+    model.save(path)
+    release = tmp_path / "release"
+    exported = run_cli("export", "--model", str(path), "--data", str(data), "--output-dir",
+                       str(release), "--calibration-size", "30", "--no-explanations")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    manifest = json.loads((release / "manifest.json").read_text())
+    image = data / manifest["dataset"]["files"]["test"]["Sneaker"][0]
+    pixels = np.asarray(Image.open(image).convert("RGB"), np.float32)[None]
+    expected = manifest["labels"][int(np.argmax(model(pixels)))]
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    for artifact in ARTIFACTS:
+        result = subprocess.run([str(device_env / "bin" / "edgekit"), "predict", "--json",
+                                 str(image), "--model", str(release / artifact)],
+                                capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+        assert result.returncode == 0, (artifact, result.stderr)
+        label = json.loads(result.stdout)["results"][0]["predictions"][0]["label"]
+        assert label in family.FASHION_CLASSES, (artifact, label)
+        if artifact == "model_fp32.tflite":
+            assert label == expected
