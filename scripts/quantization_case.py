@@ -10,8 +10,11 @@ commands in fresh interpreters:
     edgekit verify R --data D --layers
     edgekit export ... --keep-float auto --output-dir R2
     edgekit verify R2 --data D
+    edgekit export ... --keep-float A --keep-float B --output-dir R3   # verify's two worst
+    edgekit verify R3 --data D                                          # int8 TFLite layers
 
-It prints the numbers docs/quantization.md shows and writes them as JSON:
+About 10 minutes on 2 busy cores (training 20 epochs: about 2.5). It prints the numbers
+docs/quantization.md shows and writes them as JSON:
 
     .venv/bin/python scripts/quantization_case.py --work /tmp/qcase_mnv2 \\
         --output docs/quantization_case.json
@@ -67,7 +70,7 @@ def write_folder(root: Path, train: int, validation: int, test: int) -> Path:
     return root
 
 
-def train(data: Path, path: Path, epochs: int) -> dict[str, Any]:
+def train(data: Path, path: Path, epochs: int, momentum: float) -> dict[str, Any]:
     import keras
 
     from edgekit.device import datasets
@@ -80,10 +83,10 @@ def train(data: Path, path: Path, epochs: int) -> dict[str, Any]:
     # Keras' MobileNetV2 uses BatchNormalization(momentum=0.999): after a few hundred steps its
     # moving statistics are still near their initial values and the model in inference mode
     # answers one class (measured: validation accuracy 20 % after 8 epochs at 94 % training
-    # accuracy). 0.9 lets them follow within this short training.
+    # accuracy; ``--bn-momentum 0.999`` reruns that). 0.9 lets them follow in this short training.
     for layer in model.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = 0.9
+            layer.momentum = momentum
     model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     assert prepared.validation is not None
@@ -97,7 +100,7 @@ def train(data: Path, path: Path, epochs: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
-    return {"epochs": epochs, "train_seconds": round(seconds, 1),
+    return {"epochs": epochs, "batch_norm_momentum": momentum, "train_seconds": round(seconds, 1),
             "train_images": len(prepared.train.labels),
             "validation_images": len(prepared.validation.labels),
             "test_images": len(prepared.test.labels),
@@ -144,7 +147,7 @@ def layers(release: Path, top: int = 5) -> dict[str, Any]:
 def summary(record: dict[str, Any]) -> str:
     """The lines the doc's table is made from."""
     lines = []
-    for stage in ("plain", "auto"):
+    for stage in ("plain", "auto", "keep"):
         for name, entry in (record.get(stage) or {}).items():
             if name == "measured_on":
                 continue
@@ -156,30 +159,54 @@ def summary(record: dict[str, Any]) -> str:
                 f"accuracy {entry['accuracy']:.4f} (Keras {entry['reference_accuracy']:.4f}) "
                 f"bytes {entry['bytes']:,} keep_float={entry['keep_float']} "
                 f"int8 MACs {entry['int8_macs_share']}")
+    search: dict[str, Any] = (((record.get("auto") or {}).get("model_int8.tflite") or {})
+                              .get("keep_float_search") or {})
+    for number, found in enumerate(search.get("steps", [])):
+        measured = "; ".join(
+            f"{name} {entry['agreement_percent']:.2f} % ({entry['interval'][0]:.1f}-"
+            f"{entry['interval'][1]:.1f}) flips {entry['near_tie_flips']}+"
+            f"{entry['confident_flips']}" for name, entry in found["artifacts"].items())
+        lines.append(f"auto step {number} keep {found['keep_float'] or 'nothing'} on "
+                     f"{search['images']} {search['split']} images: {measured} "
+                     f"passed={found['passed']}")
     for name, rows in (record.get("layers") or {}).items():
         worst = ", ".join(f"{row['layer']} ({row['score']:.3g})" for row in rows)
         lines.append(f"layers {name}: {worst}")
     return "\n".join(lines)
 
 
+def worst_layers(release: Path, artifact: str = "model_int8.tflite", count: int = 2) -> list[str]:
+    """The ``count`` worst layers ``verify --layers`` names for one artifact."""
+    report = json.loads((release / "reports" / "layers.json").read_text())
+    ranked = next(entry for entry in report["artifacts"] if entry["file"] == artifact)["ranked"]
+    return [row["layer"] for row in ranked[:count]]
+
+
 def measure(work: Path, data: Path, model: Path) -> dict[str, int]:
-    """The user's five commands; their exit codes."""
-    plain, repaired = work / "release", work / "release_auto"
+    """The user's commands (plain, diagnosis, auto repair, the two worst layers kept by hand)."""
     common = ["--model", str(model), "--data", str(data), "--input-range", INPUT_RANGE,
               "--no-explanations"]
-    steps = {"export": ["export", *common, "--output-dir", str(plain)],
-             "verify": ["verify", str(plain), "--data", str(data)],
-             "layers": ["verify", str(plain), "--data", str(data), "--layers"],
-             "export_auto": ["export", *common, "--keep-float", "auto",
-                             "--output-dir", str(repaired)],
-             "verify_auto": ["verify", str(repaired), "--data", str(data)]}
     exits: dict[str, int] = {}
-    for name, arguments in steps.items():
-        if name == "verify_auto" and exits["export_auto"] != 0:
-            break
+
+    def step(name: str, *arguments: str) -> int:
         answer = edgekit(*arguments)
         exits[name] = answer.returncode
         (work / f"{name}.log").write_text(answer.stdout + answer.stderr)
+        return answer.returncode
+
+    if step("export", "export", *common, "--output-dir", str(work / "release")) != 0:
+        return exits
+    step("verify", "verify", str(work / "release"), "--data", str(data))
+    if step("layers", "verify", str(work / "release"), "--data", str(data), "--layers") != 0:
+        return exits
+    if step("export_auto", "export", *common, "--keep-float", "auto",
+            "--output-dir", str(work / "release_auto")) == 0:
+        step("verify_auto", "verify", str(work / "release_auto"), "--data", str(data))
+    kept = [argument for layer in worst_layers(work / "release")
+            for argument in ("--keep-float", layer)]
+    if step("export_keep", "export", *common, *kept,
+            "--output-dir", str(work / "release_keep")) == 0:
+        step("verify_keep", "verify", str(work / "release_keep"), "--data", str(data))
     return exits
 
 
@@ -188,10 +215,11 @@ def collect(work: Path) -> dict[str, Any]:
     record: dict[str, Any] = json.loads((work / "run.json").read_text())
     record["plain"] = parity(work / "release")
     record["layers"] = layers(work / "release")
-    if record["exit"].get("verify_auto") is not None:
-        record["auto"] = parity(work / "release_auto")
-    else:
-        record["auto_output"] = (work / "export_auto.log").read_text().strip()[-2000:]
+    for stage in ("auto", "keep"):
+        if record["exit"].get(f"verify_{stage}") is not None:
+            record[stage] = parity(work / f"release_{stage}")
+        elif (work / f"export_{stage}.log").exists():
+            record[f"{stage}_output"] = (work / f"export_{stage}.log").read_text().strip()[-2000:]
     return record
 
 
@@ -202,6 +230,8 @@ def main() -> None:
     parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--val-per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=100)
+    parser.add_argument("--bn-momentum", type=float, default=0.9,
+                        help="BatchNormalization momentum while training (Keras' own: 0.999)")
     parser.add_argument("--output", type=Path, default=None)
     parser.add_argument("--collect-only", action="store_true",
                         help="only read the numbers a finished run left in WORK")
@@ -211,7 +241,7 @@ def main() -> None:
     if not arguments.collect_only:
         write_folder(data, arguments.train_per_class, arguments.val_per_class,
                      arguments.test_per_class)
-        run: dict[str, Any] = {"training": train(data, model, arguments.epochs)}
+        run: dict[str, Any] = {"training": train(data, model, arguments.epochs, arguments.bn_momentum)}
         print(json.dumps(run["training"]), flush=True)
         (work / "run.json").write_text(json.dumps(run))
         run["exit"] = measure(work, data, model)
