@@ -13,7 +13,7 @@ commands in fresh interpreters:
     edgekit export ... --keep-float A --keep-float B --output-dir R3   # verify's two worst
     edgekit verify R3 --data D                                          # int8 TFLite layers
 
-About 10 minutes on 2 busy cores (training 20 epochs: about 2.5). It prints the numbers
+About 11 minutes on 2 busy cores (training 20 epochs: about 2). It prints the numbers
 docs/quantization.md shows and writes them as JSON:
 
     .venv/bin/python scripts/quantization_case.py --work /tmp/qcase_mnv2 \\
