@@ -21,6 +21,9 @@ from edgekit.workstation.quantization.measures import Quantised
 DEQUANTISED = "_DequantizeLinear_Output"
 
 
+LAYOUT_OPS = ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity")
+
+
 def _quantisation(proto: Any) -> dict[str, Quantised]:
     """Quantised activation tensor -> its QuantizeLinear's scale and zero point."""
     from onnx import numpy_helper
@@ -50,8 +53,11 @@ def tensors_by_layer(path: Path, images: np.ndarray, order: dict[str, int],
     quantised = _quantisation(proto)
     constants = {tensor.name for tensor in proto.graph.initializer}
     graph_output = proto.graph.output[0].name
+    # Layout ops only move values: their output is the previous layer's tensor, yet tf2onnx
+    # names it in the scope of the layer that reads it (a depthwise convolution's input Reshape
+    # is "block_15_depthwise/..."), which would blame that layer for its input's error.
     produced = {output for node in proto.graph.node for output in node.output
-                if node.op_type not in ("QuantizeLinear",) and not
+                if node.op_type not in ("QuantizeLinear", *LAYOUT_OPS) and not
                 (node.op_type == "DequantizeLinear" and node.input[0] in constants)}
     existing = {output.name for output in proto.graph.output}
     inferred = onnx.shape_inference.infer_shapes(proto)
