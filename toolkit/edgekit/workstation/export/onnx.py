@@ -20,6 +20,7 @@ from edgekit.workstation.export.onnx_graph import (
     fold_captured_inputs,
     fold_flatten_transpose,
     fold_input_scale,
+    replace_erfc,
 )
 
 
@@ -54,10 +55,54 @@ def captured_constants(function: Any) -> dict[str, np.ndarray]:
     return constants
 
 
+def _layers(model: Any) -> list[Any]:
+    """Every layer, nested models' layers included, in order."""
+    found = []
+    for layer in model.layers:
+        found.extend(_layers(layer) if hasattr(layer, "layers") else [layer])
+    return found
+
+
+def _is_depthwise_as_groups(layer: Any) -> bool:
+    """A Conv2D with one input channel per group: a depthwise convolution written as groups
+    (ConvNeXt's). Keras' TensorFlow backend runs grouped convolutions as an XLA-compiled
+    function, which tf2onnx cannot convert (a StatefulPartitionedCall is left in the graph)."""
+    import keras
+
+    return (type(layer) is keras.layers.Conv2D and layer.groups > 1
+            and int(layer.kernel.shape[2]) == 1 and layer.filters == layer.groups)
+
+
+def onnx_friendly(model: Any) -> Any:
+    """``model``, or a clone computing the same with each depthwise-as-groups Conv2D rebuilt
+    as a DepthwiseConv2D (kernel [h, w, 1, C] -> [h, w, C, 1]); the release keeps the original."""
+    import keras
+
+    if not any(_is_depthwise_as_groups(layer) for layer in _layers(model)):
+        return model
+
+    def clone(layer: Any) -> Any:
+        if not _is_depthwise_as_groups(layer):
+            return layer.__class__.from_config(layer.get_config())
+        config = layer.get_config()
+        return keras.layers.DepthwiseConv2D(
+            kernel_size=config["kernel_size"], strides=config["strides"],
+            padding=config["padding"], dilation_rate=config["dilation_rate"],
+            use_bias=config["use_bias"], activation=config["activation"], name=layer.name)
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    for original, cloned in zip(_layers(model), _layers(copy), strict=True):
+        weights = original.get_weights()
+        if _is_depthwise_as_groups(original):
+            weights = [np.transpose(weights[0], (0, 1, 3, 2)), *weights[1:]]
+        cloned.set_weights(weights)
+    return copy
+
+
 def to_onnx(model: Any, opset: int, contract: InputContract) -> Any:
     import tf2onnx
 
-    function = serving_function(model, contract)
+    function = serving_function(onnx_friendly(model), contract)
     try:
         proto, _ = tf2onnx.convert.from_function(
             function, input_signature=function.input_signature, opset=opset)
@@ -65,6 +110,7 @@ def to_onnx(model: Any, opset: int, contract: InputContract) -> Any:
         raise errors.ExportError(f"ONNX conversion (tf2onnx) failed: "
                                  f"{str(error).splitlines()[0][:300]}") from error
     fold_captured_inputs(proto, captured_constants(function))
+    replace_erfc(proto)
     fold_flatten_transpose(proto)
     fold_input_scale(proto)
     return proto

@@ -29,6 +29,29 @@ def fold_captured_inputs(proto: Any, constants: dict[str, np.ndarray]) -> list[s
     return folded
 
 
+def replace_erfc(proto: Any) -> int:
+    """Rewrite each ``Erfc(x)`` as ``1 - Erf(x)``: tf2onnx emits TensorFlow's Erfc (exact GELU,
+    as in ConvNeXt), which no ONNX opset defines. Returns how many were rewritten."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    rewritten = 0
+    for node in list(graph.node):
+        if node.op_type != "Erfc":
+            continue
+        erf_output = node.output[0] + "_erf"
+        one = node.output[0] + "_one"
+        graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        graph.node.insert(position, helper.make_node("Sub", [one, erf_output], [node.output[0]],
+                                                     name=node.name + "_one_minus"))
+        graph.node.insert(position, helper.make_node("Erf", [node.input[0]], [erf_output],
+                                                     name=node.name + "_erf"))
+        rewritten += 1
+    return rewritten
+
+
 def fold_input_scale(proto: Any) -> bool:
     """Fold the model's input Rescaling (Mul by a constant, Add of zero) into the first Conv.
 
