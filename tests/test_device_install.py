@@ -219,9 +219,10 @@ def test_serve_on_the_device_without_tensorflow(serve_env, test_split, tmp_path)
 
 
 def test_a_keras_applications_release_predicts_on_the_device(device_env, tmp_path):
-    """MobileNetV3Small (built here, weights=None, 32x32, three garment classes): every artifact
-    answers `edgekit predict --json` on the TensorFlow-free install with the folder's class
-    names, and the fp32 TFLite file's top-1 is the Keras model's own."""
+    """MobileNetV3Small (built here, weights=None, 32x32, three garment classes): the default
+    suite's Keras Applications export. Every artifact answers `edgekit predict --json` on the
+    TensorFlow-free install with the folder's class names, the fp32 TFLite file's top-1 is the
+    Keras model's own, and `edgekit verify` runs there on the folder's test split."""
     pytest.importorskip("tensorflow")
     import json
 
@@ -259,3 +260,8 @@ def test_a_keras_applications_release_predicts_on_the_device(device_env, tmp_pat
         assert label in family.FASHION_CLASSES, (artifact, label)
         if artifact == "model_fp32.tflite":
             assert label == expected
+    verified = subprocess.run([str(device_env / "bin" / "edgekit"), "verify", str(release),
+                               "--data", str(data)],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert verified.returncode in (0, 1) and "Traceback" not in verified.stderr, verified.stderr
+    assert "model_fp32.tflite" in verified.stdout  # it ran; parity of a barely trained model may fail
