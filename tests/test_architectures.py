@@ -291,3 +291,28 @@ def test_re_exporting_a_wrapped_release_does_not_wrap_it_twice(tmp_path):
     assert json.loads((release / "manifest.json").read_text())["reference"]["wrapped"] is False
     np.testing.assert_allclose(runtime.load(release / "model_fp32.tflite").predict(pixels), before,
                                atol=1e-6)
+
+
+def test_grouped_depthwise_convolutions_and_exact_gelu_convert_to_onnx():
+    """ConvNeXt's pieces: a Conv2D with groups == filters (Keras runs it as an XLA function
+    tf2onnx cannot convert) and exact GELU (TensorFlow's Erfc, which ONNX lacks)."""
+    import keras
+    import onnxruntime
+
+    from edgekit.contract import InputContract, Preparation
+    from edgekit.workstation.export.onnx import to_onnx
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(6, 1)(keras.layers.Rescaling(1 / 255)(inputs))
+    x = keras.layers.Conv2D(6, 3, groups=6, padding="same")(x)
+    x = keras.layers.Activation("gelu")(x)  # keras' gelu is the exact one (approximate=False)
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(x)))
+    contract = InputContract(height=8, width=8, channels=3, labels=("a", "b", "c"),
+                             preparation=Preparation(color="rgb"))
+    proto = to_onnx(model, 17, contract)
+    assert not {node.op_type for node in proto.graph.node} & {"StatefulPartitionedCall", "Erfc"}
+    pixels = np.random.default_rng(0).uniform(0, 255, (3, 8, 8, 3)).astype(np.float32)
+    session = onnxruntime.InferenceSession(proto.SerializeToString())
+    np.testing.assert_allclose(session.run(None, {"pixels": pixels})[0], model(pixels), atol=1e-6)
