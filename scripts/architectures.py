@@ -160,7 +160,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
         if record.get("export_exit") != 0:
             rows.append(f"| {record['family']} | {record['input_range']} | "
                         f"{record['parameters']:,} | {record['export_seconds']} | export failed: "
-                        f"{record['export_output'].strip().splitlines()[-1][:120]} | | | | |")
+                        f"{record.get('export_output', '?').strip().splitlines()[-1][:120]} | | | | |")
             continue
         agreements = " · ".join(agreement(record, name) for name in ARTIFACTS)
         same = record["predict"]["model_fp32.tflite"] == record["keras_top1"]
