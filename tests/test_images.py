@@ -71,6 +71,28 @@ def test_light_background_is_inverted_and_said(boot, tmp_path):
     assert any(step.startswith("inverted") for step in prepared.steps)
 
 
+@pytest.mark.parametrize("where", ["exif", "xmp"])
+def test_a_png_orientation_is_applied_from_exif_or_xmp(boot, tmp_path, where):
+    """PNGs skip the EXIF lookup only when they carry neither an eXIf chunk nor XMP."""
+    sideways = Image.fromarray(boot).rotate(90, expand=True)
+    if where == "exif":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        path = save(sideways, tmp_path / "exif.png", exif=exif.tobytes())
+    else:
+        xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/'
+               '02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" '
+               'tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+        from PIL import PngImagePlugin
+
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", xmp)
+        path = save(sideways, tmp_path / "xmp.png", pnginfo=info)
+    prepared = images.prepare(path, FASHION_MNIST)
+    assert any("EXIF orientation (6)" in step for step in prepared.steps), prepared.steps
+    assert np.array_equal(prepared.pixels[:, :, 0], boot)
+
+
 def test_fit_keeps_aspect_ratio():
     wide = np.full((10, 100), 200, np.uint8)
     steps: list[str] = []

@@ -117,7 +117,12 @@ def decode(source: Path | io.BytesIO, path: str) -> tuple[Image.Image, list[str]
     return image, steps
 
 
+EXIF_KEYS = frozenset({"exif", "xmp", "XML:com.adobe.xmp"})  # where Pillow looks for orientation
+
+
 def _orientation(image: Image.Image) -> int | None:
+    if image.format == "PNG" and not EXIF_KEYS & image.info.keys():
+        return None  # a loaded PNG without an eXIf chunk or XMP has no orientation to read
     try:
         return image.getexif().get(0x0112)
     except Exception:  # a malformed EXIF block is not worth failing over

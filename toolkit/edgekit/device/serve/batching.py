@@ -13,10 +13,15 @@ Whether requests queued together run as one call is decided from measurement, no
 (:class:`BatchPolicy`): the model time per image is measured over windows of calls run each
 way, re-allocations included (a LiteRT model re-allocates its tensors for every new batch
 size, and a small model gains little per image), and the cheaper way is kept; every
-``EXPLORE_EVERY``-th window tries the other, so both measures stay current. A model call
-measured under ``INLINE_SECONDS`` runs on the caller's thread (the event loop) when the model
-is free and nothing is queued (:meth:`Arrival.run_here`): the hop to the worker thread and
-back would cost more than the call. A lock keeps calls one at a time either way.
+``EXPLORE_EVERY``-th window tries the other, so both measures stay current.
+
+A model call measured under ``INLINE_SECONDS`` is made on the event loop, not the worker
+thread: the hop there and back (two thread wake-ups) would cost more than the call. The
+requests whose pixels are ready in one pass of the loop (those that arrived together) gather
+(:meth:`Arrival.gather`) into one call, made by a callback scheduled after them: the batch is
+the queue depth as it is, and nobody waits for a request still on its way. If the worker has
+the model at that moment, the gathered requests join its queue. A lock keeps calls one at a
+time either way.
 """
 
 from __future__ import annotations
@@ -118,6 +123,8 @@ class MicroBatcher:
         self.images = 0  # images they held
         self._call_seconds: dict[int, float] = {}  # running mean of a call, by its size
         self.policy = BatchPolicy()
+        self._gathered: list[_Job] = []  # short calls gathered on the loop (see gather)
+        self._gathered_images = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -194,22 +201,45 @@ class MicroBatcher:
             self._queued_images -= images
             return jobs
 
-    def _run_here(self, arrival: Arrival, pixels: np.ndarray) -> BatchResult | None:
+    def _gather(self, arrival: Arrival, pixels: np.ndarray) -> asyncio.Future[BatchResult] | None:
         known = self._call_seconds.get(len(pixels))
-        if known is None or known > INLINE_SECONDS:
+        if known is None or known > INLINE_SECONDS or self._jobs or self._closed:
             return None
+        if self._gathered_images + len(pixels) > self.max_batch:
+            self._flush_gathered()  # full: it runs now, and this request starts the next one
+        loop = asyncio.get_running_loop()
+        job = _Job(pixels, loop.create_future(), loop, time.perf_counter())
+        if not self._gathered:
+            loop.call_soon(self._flush_gathered)  # after the requests ready in this pass
+        self._gathered.append(job)
+        self._gathered_images += len(pixels)
         with self._condition:
-            if self._closed or self._jobs:
-                return None
-            if not self._model_lock.acquire(blocking=False):
-                return None
             self._arriving -= 1
-            arrival.submitted = True
+        arrival.submitted = True
+        return job.future
+
+    def _flush_gathered(self) -> None:
+        jobs, self._gathered, self._gathered_images = self._gathered, [], 0
+        if not jobs:
+            return
+        with self._condition:
+            if self._closed:  # the worker may have ended: nobody would run these
+                for job in jobs:
+                    _settle(job, BatcherClosed("the server is stopping"))
+                return
+            if self._jobs or not self._model_lock.acquire(blocking=False):
+                self._jobs.extend(jobs)  # the worker has the model: it runs these next
+                self._queued_images += sum(len(job.pixels) for job in jobs)
+                self._condition.notify_all()
+                return
         try:
-            probabilities, seconds = self._call(pixels)
+            if len(jobs) == 1 or self.policy.chosen():
+                self._run_locked(jobs)
+            else:
+                for job in jobs:
+                    self._run_locked([job])
         finally:
             self._model_lock.release()
-        return BatchResult(probabilities, 0.0, seconds, len(pixels))
 
     def _call(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
         """One model call, measured (the caller holds the model lock)."""
@@ -223,20 +253,27 @@ class MicroBatcher:
         return probabilities, seconds
 
     def _run(self, jobs: list[_Job]) -> None:
+        with self._model_lock:
+            self._run_locked(jobs, _deliver)
+
+    def _run_locked(self, jobs: list[_Job],
+                    deliver: Callable[[_Job, BatchResult | Exception], None] | None = None) -> None:
+        """One call for ``jobs`` (the caller holds the model lock); on the loop's own thread
+        (``deliver`` None) the futures are settled directly."""
+        settle = deliver or _settle
         pixels = jobs[0].pixels if len(jobs) == 1 else np.concatenate([job.pixels for job in jobs])
         started = time.perf_counter()
         try:
-            with self._model_lock:
-                probabilities, model_seconds = self._call(pixels)
-        except Exception as error:  # the requests get it; the worker keeps serving
+            probabilities, model_seconds = self._call(pixels)
+        except Exception as error:  # the requests get it; the server keeps serving
             for job in jobs:
-                _deliver(job, error)
+                settle(job, error)
             return
         offset = 0
         for job in jobs:
             count = len(job.pixels)
-            _deliver(job, BatchResult(probabilities[offset:offset + count], started - job.submitted,
-                                      model_seconds, len(pixels)))
+            settle(job, BatchResult(probabilities[offset:offset + count], started - job.submitted,
+                                    model_seconds, len(pixels)))
             offset += count
 
 
@@ -247,10 +284,11 @@ class Arrival:
         self._batcher = batcher
         self.submitted = False
 
-    def run_here(self, pixels: np.ndarray) -> BatchResult | None:
-        """Call the model on this thread now when its call has measured short, the model is
-        free and nothing is queued for it; None otherwise (then :meth:`submit`)."""
-        return self._batcher._run_here(self, pixels)
+    def gather(self, pixels: np.ndarray) -> asyncio.Future[BatchResult] | None:
+        """Join the call made on the loop for the requests ready in this pass, when the model's
+        call for these pixels has measured short and nothing is queued for the worker; None
+        otherwise (then :meth:`submit`). Must be called on the event loop's thread."""
+        return self._batcher._gather(self, pixels)
 
     def submit(self, pixels: np.ndarray) -> asyncio.Future[BatchResult]:
         """Queue this request's pixels; the first call also ends its arrival."""
@@ -259,14 +297,17 @@ class Arrival:
         return future
 
 
-def _deliver(job: _Job, outcome: BatchResult | Exception) -> None:
-    def settle() -> None:
-        if job.future.done():  # the request was cancelled (client gone)
-            return
-        if isinstance(outcome, Exception):
-            job.future.set_exception(outcome)
-        else:
-            job.future.set_result(outcome)
+def _settle(job: _Job, outcome: BatchResult | Exception) -> None:
+    """On the job's event loop: its request gets the outcome (unless it was cancelled)."""
+    if job.future.done():  # the request was cancelled (client gone)
+        return
+    if isinstance(outcome, Exception):
+        job.future.set_exception(outcome)
+    else:
+        job.future.set_result(outcome)
 
+
+def _deliver(job: _Job, outcome: BatchResult | Exception) -> None:
+    """From the worker thread."""
     with contextlib.suppress(RuntimeError):  # the event loop has already closed
-        job.loop.call_soon_threadsafe(settle)
+        job.loop.call_soon_threadsafe(_settle, job, outcome)

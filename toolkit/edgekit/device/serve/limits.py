@@ -52,10 +52,16 @@ def error_response(scope: Scope, status: int, code: str, detail: str,
 
 def log_request(scope: Scope, status: int, started: float) -> None:
     """The request's one log line: client, method, path, status, ms and the note, if any."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     client = scope.get("client") or ("-", 0)
     note = scope.get(NOTE_KEY)
-    log.info("%s %s %s %d %.1f ms%s", client[0], scope["method"], scope["path"], status,
-             (time.perf_counter() - started) * 1000, f"  {note}" if note else "")
+    # A record made directly: Logger.info would also look up its caller's file and line,
+    # which this line does not show, once per request.
+    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "%s %s %s %d %.1f ms%s",
+                              (client[0], scope["method"], scope["path"], status,
+                               (time.perf_counter() - started) * 1000, f"  {note}" if note else ""),
+                              None))
 
 
 def too_large(scope: Scope, limit: int, size: str) -> JSONResponse:

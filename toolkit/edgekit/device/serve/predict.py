@@ -107,15 +107,19 @@ class PredictEndpoint:
             pixels = items[0].pixels[None] if len(items) == 1 else np.stack([i.pixels for i in items])
             prepared_at = time.perf_counter()  # before the model: a call on the loop is "model"
             size = self.batcher.max_batch
-            here = arrival.run_here(pixels) if len(pixels) <= size else None
+            # A short model call is made on the loop with the requests ready in the same pass;
+            # a long one (or a request of more images than a call takes) goes to the model thread.
+            gathered = arrival.gather(pixels) if len(pixels) <= size else None
             try:
-                pending = [] if here is not None else [
+                pending = [gathered] if gathered is not None else [
                     arrival.submit(pixels[start:start + size]) for start in range(0, len(pixels), size)]
             except BatcherClosed:
                 raise ApiError(503, "stopping", "the server is stopping; retry on another.") from None
-        outcomes: list[BatchResult] = (
-            [here] if here is not None else [await pending[0]] if len(pending) == 1
-            else await asyncio.gather(*pending))
+        try:
+            outcomes: list[BatchResult] = (
+                [await pending[0]] if len(pending) == 1 else await asyncio.gather(*pending))
+        except BatcherClosed:
+            raise ApiError(503, "stopping", "the server is stopping; retry on another.") from None
         probabilities = (outcomes[0].probabilities if len(outcomes) == 1
                          else np.concatenate([outcome.probabilities for outcome in outcomes]))
         model_ms = sum(outcome.model_seconds for outcome in outcomes) * 1000

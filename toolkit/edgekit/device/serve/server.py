@@ -9,6 +9,7 @@ KeyboardInterrupt, which :func:`run` takes as the end of a clean stop.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import logging
@@ -57,10 +58,25 @@ def url_of(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
+class SecondsFormatter(logging.Formatter):
+    """``HH:MM:SS message``; the time is formatted once per second, not once per line."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(message)s", "%H:%M:%S")
+        self._second = -1
+        self._text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._text = second, super().formatTime(record, datefmt)
+        return self._text
+
+
 def configure_logging() -> None:
     """Request lines and uvicorn's own warnings to stderr, one line each, with the time."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.setFormatter(SecondsFormatter())
     for name in ("edgekit.serve", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
@@ -69,8 +85,56 @@ def configure_logging() -> None:
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
 
 
+class CoalescingTransport:
+    """A connection's transport whose writes in one pass of the event loop leave as one.
+
+    uvicorn writes a response's head and its body separately, and each write to a TCP socket
+    is a system call and a segment for the client to be woken for; on loopback the sender pays
+    for the receiver's side too. Writes are gathered and sent by a callback scheduled after
+    the first, at the end of the loop's current pass (so the responses finished in one pass
+    also leave together); closing sends what is gathered first. Everything else is the
+    transport's own.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._chunks: list[bytes] = []
+        # uvicorn's flow control calls these per request: bound once, not looked up each time
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
+        self.is_closing = transport.is_closing
+        self.get_extra_info = transport.get_extra_info
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._chunks:
+            self._loop.call_soon(self._flush)
+        self._chunks.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        chunks, self._chunks = self._chunks, []
+        if chunks and not self._transport.is_closing():
+            self._transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._chunks = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def json_http_protocol() -> type | str:
-    """uvicorn's httptools protocol answering malformed HTTP with the server's JSON error shape.
+    """uvicorn's httptools protocol answering malformed HTTP with the server's JSON error shape,
+    its writes coalesced (:class:`CoalescingTransport`).
 
     A request uvicorn cannot parse never reaches the app: uvicorn answers it with a plain-text
     400 itself (``send_400_response``, and a warning line in its log). Same status, same
@@ -82,6 +146,9 @@ def json_http_protocol() -> type | str:
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
     class JsonErrorsProtocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
         def send_400_response(self, msg: str) -> None:
             body = json.dumps({"error": "bad_http", "detail": f"{msg} (not a well-formed HTTP/1.1 "
                                                               "request)"}).encode()
