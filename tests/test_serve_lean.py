@@ -8,6 +8,7 @@ connection's writes in one pass leave as one system call, and closing sends them
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,45 @@ def test_a_lone_request_is_answered_in_the_next_pass(batcher, calls):
 
     value, passes = asyncio.run(alone())
     assert value == 9.0 and passes <= 2 and calls == [1, 1]
+
+
+async def arriving_apart(batcher: MicroBatcher, groups: list[list[int]], apart: float) -> list[float]:
+    """Requests in groups, each group ready in one pass, the groups ``apart`` seconds apart."""
+    async def one(value: int, delay: float) -> float:
+        await asyncio.sleep(delay)
+        with batcher.arrival() as arrival:
+            pending = arrival.gather(image(value))
+        assert pending is not None
+        return float((await pending).probabilities[0, 0])
+
+    return list(await asyncio.gather(*(one(value, index * apart) for index, group in enumerate(groups)
+                                       for value in group)))
+
+
+def test_with_others_in_flight_a_call_waits_for_as_many_as_lately(batcher, calls, monkeypatch):
+    monkeypatch.setattr(batching, "GATHER_SECONDS", 30.0)  # only the count can end the wait
+
+    async def scenario() -> tuple[list[float], float]:
+        await gathered_together(batcher, [1, 2, 3, 4, 5, 6])  # lately: six at a time
+        started = time.perf_counter()
+        answers = await arriving_apart(batcher, [[7, 8, 9], [10, 11, 12]], apart=0.05)
+        return answers, time.perf_counter() - started
+
+    answers, seconds = asyncio.run(scenario())
+    assert answers == [7.0, 8.0, 9.0, 10.0, 11.0, 12.0]
+    assert calls == [1, 6, 6]  # the two groups, 50 ms apart, shared one call
+    assert seconds < 10  # made when the sixth came, not when the wait ran out
+
+
+def test_the_wait_for_others_is_bounded(batcher, calls, monkeypatch):
+    monkeypatch.setattr(batching, "GATHER_SECONDS", 0.05)
+
+    async def scenario() -> list[float]:
+        await gathered_together(batcher, [1, 2, 3, 4, 5, 6])
+        return await arriving_apart(batcher, [[7, 8]], apart=0)  # fewer than lately
+
+    assert asyncio.run(scenario()) == [7.0, 8.0]
+    assert calls == [1, 6, 2]  # made when the wait ran out
 
 
 def test_a_long_call_goes_to_the_model_thread(batcher, calls, monkeypatch):

@@ -18,10 +18,11 @@ size, and a small model gains little per image), and the cheaper way is kept; ev
 A model call measured under ``INLINE_SECONDS`` is made on the event loop, not the worker
 thread: the hop there and back (two thread wake-ups) would cost more than the call. The
 requests whose pixels are ready in one pass of the loop (those that arrived together) gather
-(:meth:`Arrival.gather`) into one call, made by a callback scheduled after them: the batch is
-the queue depth as it is, and nobody waits for a request still on its way. If the worker has
-the model at that moment, the gathered requests join its queue. A lock keeps calls one at a
-time either way.
+(:meth:`Arrival.gather`) into one call, made by a callback scheduled after them; a lone client
+never waits for anyone. When the calls have held several requests lately, a call waits up to
+``GATHER_SECONDS`` for as many as lately (see the constants): whether and how long to wait
+follows the queue depth measured, not a flag. If the worker has the model at that moment, the
+gathered requests join its queue. A lock keeps calls one at a time either way.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ EXPLORE_EVERY = 8  # windows
 # no longer than decoding a small picture on the loop does.
 INLINE_SECONDS = 0.005
 SMOOTHING = 0.2  # weight of the newest measure in a running mean
+# When gathered calls have held several requests lately (other clients are in flight), a new
+# gathered call waits for as many as the largest lately (fading by PEAK_DECAY per call), up to
+# GATHER_SECONDS: more requests share the call, and their answers leave together, which costs
+# less per request than a call and a burst of writes per pass of the loop (measured in
+# docs/serve.md). A lone client's calls hold one request: it never waits.
+CONCURRENT = 1.5  # the fading peak above which a gathered call waits for others
+PEAK_DECAY = 0.9
+GATHER_SECONDS = 0.002
 
 
 class BatchPolicy:
@@ -125,6 +134,8 @@ class MicroBatcher:
         self.policy = BatchPolicy()
         self._gathered: list[_Job] = []  # short calls gathered on the loop (see gather)
         self._gathered_images = 0
+        self._peak = 1.0  # requests per gathered call lately (the largest, fading)
+        self._generation = 0  # gathered calls made so far
 
     def start(self) -> None:
         self._thread.start()
@@ -171,11 +182,9 @@ class MicroBatcher:
 
     def _work(self) -> None:
         while (jobs := self._next_batch()) is not None:
-            if len(jobs) == 1 or self.policy.chosen():
-                self._run(jobs)
-            else:
-                for job in jobs:
-                    self._run([job])
+            with self._model_lock:
+                outcomes = self._run_all(jobs)
+            _deliver(outcomes)  # one wake-up of the loop for the whole batch
 
     def _measured(self, images: int, seconds: float) -> None:
         known = self._call_seconds.get(images)
@@ -210,18 +219,27 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         job = _Job(pixels, loop.create_future(), loop, time.perf_counter())
         if not self._gathered:
-            loop.call_soon(self._flush_gathered)  # after the requests ready in this pass
+            if self._peak > CONCURRENT:  # others are in flight: wait a moment for them
+                loop.call_later(GATHER_SECONDS, self._flush_gathered, self._generation)
+            else:
+                loop.call_soon(self._flush_gathered, self._generation)  # after this pass's others
         self._gathered.append(job)
         self._gathered_images += len(pixels)
+        if len(self._gathered) == int(self._peak) and self._peak > CONCURRENT:
+            loop.call_soon(self._flush_gathered, self._generation)  # as many as lately: go
         with self._condition:
             self._arriving -= 1
         arrival.submitted = True
         return job.future
 
-    def _flush_gathered(self) -> None:
+    def _flush_gathered(self, generation: int | None = None) -> None:
+        if generation is not None and generation != self._generation:
+            return  # that call was made already (full, or its number reached)
         jobs, self._gathered, self._gathered_images = self._gathered, [], 0
+        self._generation += 1
         if not jobs:
             return
+        self._peak = max(float(len(jobs)), PEAK_DECAY * self._peak)
         with self._condition:
             if self._closed:  # the worker may have ended: nobody would run these
                 for job in jobs:
@@ -233,13 +251,11 @@ class MicroBatcher:
                 self._condition.notify_all()
                 return
         try:
-            if len(jobs) == 1 or self.policy.chosen():
-                self._run_locked(jobs)
-            else:
-                for job in jobs:
-                    self._run_locked([job])
+            outcomes = self._run_all(jobs)
         finally:
             self._model_lock.release()
+        for job, outcome in outcomes:
+            _settle(job, outcome)
 
     def _call(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
         """One model call, measured (the caller holds the model lock)."""
@@ -252,29 +268,29 @@ class MicroBatcher:
         self.images += len(pixels)
         return probabilities, seconds
 
-    def _run(self, jobs: list[_Job]) -> None:
-        with self._model_lock:
-            self._run_locked(jobs, _deliver)
+    def _run_all(self, jobs: list[_Job]) -> list[tuple[_Job, BatchResult | Exception]]:
+        """The jobs queued together: one call, or one call each, as the policy has measured
+        cheaper (the caller holds the model lock)."""
+        if len(jobs) == 1 or self.policy.chosen():
+            return self._run_locked(jobs)
+        return [outcome for job in jobs for outcome in self._run_locked([job])]
 
-    def _run_locked(self, jobs: list[_Job],
-                    deliver: Callable[[_Job, BatchResult | Exception], None] | None = None) -> None:
-        """One call for ``jobs`` (the caller holds the model lock); on the loop's own thread
-        (``deliver`` None) the futures are settled directly."""
-        settle = deliver or _settle
+    def _run_locked(self, jobs: list[_Job]) -> list[tuple[_Job, BatchResult | Exception]]:
+        """One call for ``jobs``; each job's outcome (a failed call fails its jobs only)."""
         pixels = jobs[0].pixels if len(jobs) == 1 else np.concatenate([job.pixels for job in jobs])
         started = time.perf_counter()
         try:
             probabilities, model_seconds = self._call(pixels)
         except Exception as error:  # the requests get it; the server keeps serving
-            for job in jobs:
-                settle(job, error)
-            return
+            return [(job, error) for job in jobs]
+        outcomes: list[tuple[_Job, BatchResult | Exception]] = []
         offset = 0
         for job in jobs:
             count = len(job.pixels)
-            settle(job, BatchResult(probabilities[offset:offset + count], started - job.submitted,
-                                    model_seconds, len(pixels)))
+            outcomes.append((job, BatchResult(probabilities[offset:offset + count],
+                                              started - job.submitted, model_seconds, len(pixels))))
             offset += count
+        return outcomes
 
 
 class Arrival:
@@ -307,7 +323,16 @@ def _settle(job: _Job, outcome: BatchResult | Exception) -> None:
         job.future.set_result(outcome)
 
 
-def _deliver(job: _Job, outcome: BatchResult | Exception) -> None:
-    """From the worker thread."""
-    with contextlib.suppress(RuntimeError):  # the event loop has already closed
-        job.loop.call_soon_threadsafe(_settle, job, outcome)
+def _deliver(outcomes: list[tuple[_Job, BatchResult | Exception]]) -> None:
+    """From the worker thread: one wake-up of each event loop for all of its jobs."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, BatchResult | Exception]]] = {}
+    for job, outcome in outcomes:
+        by_loop.setdefault(job.loop, []).append((job, outcome))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the event loop has already closed
+            loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _settle_all(outcomes: list[tuple[_Job, BatchResult | Exception]]) -> None:
+    for job, outcome in outcomes:
+        _settle(job, outcome)

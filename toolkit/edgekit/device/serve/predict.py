@@ -4,7 +4,8 @@ For a model that takes a fraction of a millisecond the HTTP stack is most of a r
 one endpoint that carries load is answered here directly: the query string and the body are
 read from the ASGI messages (:mod:`.uploads`, :mod:`.multipart`), images are decoded by pixel
 count within a pixel budget (:mod:`.decoding`), the pixels go to the model thread
-(:mod:`.batching`), and the answer is one ``json.dumps``. The other endpoints stay FastAPI's
+(:mod:`.batching`), and the answer is one ``orjson.dumps`` (the standard library's ``json``
+where orjson is not installed: the same values, in ten times the time). The other endpoints stay FastAPI's
 (:mod:`.app`). Every refusal is the same JSON error, and every request one log line: a client
 that disconnects before its request is read is logged as 499 (nginx's "client closed
 request") and gets no answer, as it is gone.
@@ -82,7 +83,7 @@ class PredictEndpoint:
                                    b'request; its log says why."}')
             self._log(scope, 500, started)
             return
-        await _send(send, 200, json.dumps(answer, separators=(",", ":")).encode())
+        await _send(send, 200, _dumps(answer))
         self._log(scope, 200, started)
 
     def _log(self, scope: Scope, status: int, started: float) -> None:
@@ -139,6 +140,17 @@ class PredictEndpoint:
                 "time_ms": {"read": (read - started) * 1000, "prepare": (prepared_at - read) * 1000,
                             "queue": max((finished - prepared_at) * 1000 - model_ms, 0.0),
                             "model": model_ms, "total": (finished - started) * 1000}}
+
+
+def _dumps(answer: dict[str, Any]) -> bytes:
+    return _orjson_dumps(answer) if _orjson_dumps is not None else \
+        json.dumps(answer, separators=(",", ":")).encode()
+
+
+try:
+    from orjson import dumps as _orjson_dumps
+except ImportError:  # pragma: no cover - the serve extra installs orjson
+    _orjson_dumps = None  # type: ignore[assignment]
 
 
 def _query(query_string: bytes) -> tuple[int, bool]:
