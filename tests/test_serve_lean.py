@@ -137,6 +137,29 @@ def test_the_wait_for_others_is_bounded(batcher, calls, monkeypatch):
     assert calls == [1, 6, 2]  # made when the wait ran out
 
 
+def test_a_client_left_alone_stops_waiting_after_one_wait(batcher, calls, monkeypatch):
+    monkeypatch.setattr(batching, "GATHER_SECONDS", 0.05)
+
+    async def lone(value: int) -> int:
+        with batcher.arrival() as arrival:
+            pending = arrival.gather(image(value))
+        assert pending is not None
+        passes = 0
+        while not pending.done():
+            await asyncio.sleep(0)
+            passes += 1
+        return passes
+
+    async def scenario() -> list[int]:
+        await gathered_together(batcher, [1, 2, 3, 4, 5, 6])  # others were in flight
+        return [await lone(value) for value in (7, 8, 9)]
+
+    waited, second, third = asyncio.run(scenario())
+    assert waited > 2  # the first waited for others who did not come ...
+    assert second <= 2 and third <= 2  # ... and from then on it is answered at once
+    assert calls == [1, 6, 1, 1, 1]
+
+
 def test_a_long_call_goes_to_the_model_thread(batcher, calls, monkeypatch):
     monkeypatch.setattr(batching, "INLINE_SECONDS", 0.0)  # every measured call counts as long
 

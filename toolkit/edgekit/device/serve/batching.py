@@ -46,10 +46,11 @@ EXPLORE_EVERY = 8  # windows
 INLINE_SECONDS = 0.005
 SMOOTHING = 0.2  # weight of the newest measure in a running mean
 # When gathered calls have held several requests lately (other clients are in flight), a new
-# gathered call waits for as many as the largest lately (fading by PEAK_DECAY per call), up to
-# GATHER_SECONDS: more requests share the call, and their answers leave together, which costs
-# less per request than a call and a burst of writes per pass of the loop (measured in
-# docs/serve.md). A lone client's calls hold one request: it never waits.
+# gathered call waits for as many as the largest lately (fading by PEAK_DECAY per call; a wait
+# that runs out sets it to what came), up to GATHER_SECONDS: more requests share the call, and
+# their answers leave together, which costs less per request than a call and a burst of writes
+# per pass of the loop (measured in docs/serve.md). A lone client's calls hold one request: it
+# never waits.
 CONCURRENT = 1.5  # the fading peak above which a gathered call waits for others
 PEAK_DECAY = 0.9
 GATHER_SECONDS = 0.002
@@ -220,7 +221,7 @@ class MicroBatcher:
         job = _Job(pixels, loop.create_future(), loop, time.perf_counter())
         if not self._gathered:
             if self._peak > CONCURRENT:  # others are in flight: wait a moment for them
-                loop.call_later(GATHER_SECONDS, self._flush_gathered, self._generation)
+                loop.call_later(GATHER_SECONDS, self._flush_gathered, self._generation, True)
             else:
                 loop.call_soon(self._flush_gathered, self._generation)  # after this pass's others
         self._gathered.append(job)
@@ -232,14 +233,15 @@ class MicroBatcher:
         arrival.submitted = True
         return job.future
 
-    def _flush_gathered(self, generation: int | None = None) -> None:
+    def _flush_gathered(self, generation: int | None = None, waited: bool = False) -> None:
         if generation is not None and generation != self._generation:
             return  # that call was made already (full, or its number reached)
         jobs, self._gathered, self._gathered_images = self._gathered, [], 0
         self._generation += 1
         if not jobs:
             return
-        self._peak = max(float(len(jobs)), PEAK_DECAY * self._peak)
+        # A wait that ran out says how many come now (one, when a lone client is left).
+        self._peak = float(len(jobs)) if waited else max(float(len(jobs)), PEAK_DECAY * self._peak)
         with self._condition:
             if self._closed:  # the worker may have ended: nobody would run these
                 for job in jobs:
