@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from edgekit.cli.common import DEFAULT_DEVICE_MODEL, config_or_bad_parameter, friendly_errors
+from edgekit.device.serve.config import DEFAULT_THREADS  # plain Python: no server library
 
 SERVE_EXTRA = "pip install 'edgekit[serve]'"
 
@@ -20,7 +21,7 @@ SERVE_EXTRA = "pip install 'edgekit[serve]'"
               help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
               help="Port to listen on (0: any free port; the URL printed names it).")
-@click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True,
+@click.option("--threads", type=click.IntRange(1, 64), default=DEFAULT_THREADS, show_default=True,
               help="Runtime threads per model call (the server runs requests side by side; "
                    "more threads help a large model).")
 @click.option("--max-upload-mb", type=click.FloatRange(0, 1024, min_open=True), default=10.0,
