@@ -38,6 +38,9 @@ SERVE_EXTRA = "pip install 'edgekit[serve]'"
               help="Most pixels (millions) decoded at once across requests; bounds their memory.")
 @click.option("--decode-wait-s", type=click.FloatRange(0, 3600), default=10.0, show_default=True,
               help="Longest an image waits for the decode budget; then 429 with Retry-After.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Server processes sharing the port, each with its own copy of the model "
+                   "(1: this process serves).")
 @click.option("--quiet", is_flag=True, help="No log line per request.")
 @click.option("--benchmark", is_flag=True,
               help="Instead of serving: measure requests/s and latency (1 and 16 clients; "
@@ -51,7 +54,7 @@ SERVE_EXTRA = "pip install 'edgekit[serve]'"
 @friendly_errors
 def serve(model_path: Path, host: str, port: int, threads: int | None, max_upload_mb: float,
           max_batch: int, batch_wait_ms: float, max_images: int, decode_budget_mpx: float,
-          decode_wait_s: float, quiet: bool, benchmark: bool,
+          decode_wait_s: float, workers: int, quiet: bool, benchmark: bool,
           benchmark_requests: int, benchmark_rounds: int) -> None:
     """Serve an exported model: POST /v1/predict, GET /v1/model, GET /healthz, a page at /.
 
@@ -66,7 +69,7 @@ def serve(model_path: Path, host: str, port: int, threads: int | None, max_uploa
         ServeConfig, model=model_path, host=host, port=port, threads=threads,
         max_upload_mb=max_upload_mb, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
         max_images=max_images, decode_budget_mpx=decode_budget_mpx, decode_wait_s=decode_wait_s,
-        log_requests=not quiet)
+        log_requests=not quiet, workers=workers)
     if benchmark:
         _benchmark(config, benchmark_requests, benchmark_rounds)
     else:
@@ -99,7 +102,13 @@ def _serve(config: Any) -> None:
     click.echo(f"Serving {model.name} ({model.entry['precision']}, {batching}) at {url}")
     click.echo(f"  try: curl -F image=@shirt.png {url}v1/predict   (schema: {url}openapi.json; "
                "Ctrl-C stops)")
-    stopped = server.run(app_module.create_app(model, config), sock)
+    if config.workers > 1:
+        from edgekit.device.serve import workers
+
+        click.echo(f"  {config.workers} worker processes, each with its own copy of the model")
+        stopped = workers.run(config, sock)
+    else:
+        stopped = server.run(app_module.create_app(model, config), sock)
     reason = f"on {stopped}" if stopped else "by uvicorn"
     click.echo(f"Stopped {reason}: requests in flight were answered.", err=True)
 
@@ -109,7 +118,8 @@ def _benchmark(config: Any, requests: int, rounds: int) -> None:
 
     measure_config = config_or_bad_parameter(
         measure.MeasureConfig, model=config.model, requests=requests, rounds=rounds,
-        threads=config.threads, max_batch=config.max_batch, batch_wait_ms=config.batch_wait_ms)
+        threads=config.threads, max_batch=config.max_batch, batch_wait_ms=config.batch_wait_ms,
+        workers=config.workers)
     if measure_config.max_batch < 2:
         raise click.BadParameter("--benchmark also runs the server without batching: give --max-batch >= 2.")
     report = measure.run(measure_config, progress=lambda line: click.echo(f"  {line}", err=True))

@@ -45,6 +45,7 @@ class ServeConfig:
     decode_budget_mpx: float = DEFAULT_DECODE_BUDGET_MPX
     decode_wait_s: float = DEFAULT_DECODE_WAIT_S
     log_requests: bool = True
+    workers: int = 1  # server processes sharing the port, each with its own model
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", Path(self.model))
@@ -63,6 +64,8 @@ class ServeConfig:
         if not 0 < self.decode_budget_mpx <= 10_000:
             raise ValueError(f"the decode budget must be above 0 and at most 10000 Mpx, not "
                              f"{self.decode_budget_mpx}")
+        if not 1 <= self.workers <= 64:
+            raise ValueError(f"workers must be 1..64, not {self.workers}")
         if not 0 <= self.decode_wait_s <= 3600:
             raise ValueError(f"the decode wait must be 0..3600 s, not {self.decode_wait_s}")
 

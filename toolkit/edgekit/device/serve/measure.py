@@ -59,6 +59,7 @@ class MeasureConfig:
     threads: int | None = DEFAULT_THREADS
     max_batch: int = DEFAULT_MAX_BATCH
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
+    workers: int = 1  # edgekit serve's processes (the wrapper always runs one)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "model", Path(self.model))
@@ -68,7 +69,7 @@ class MeasureConfig:
     def server_config(self, name: str) -> ServeConfig:
         return ServeConfig(model=self.model, port=0, threads=self.threads,
                            max_batch=1 if name == UNBATCHED else self.max_batch,
-                           batch_wait_ms=self.batch_wait_ms)
+                           batch_wait_ms=self.batch_wait_ms, workers=self.workers)
 
 
 @dataclasses.dataclass
@@ -78,6 +79,7 @@ class _Server:
     host: str
     port: int
     log: Any
+    workers: int = 1
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -200,7 +202,8 @@ def _start(name: str, config: MeasureConfig) -> _Server:
         log.seek(0)
         raise errors.EdgekitError(f"the {name} server did not start: {log.read()[-1500:]}")
     host, port = line.strip().removeprefix("http://").rstrip("/").rsplit(":", 1)
-    server = _Server(name, process, host, int(port), log)
+    server = _Server(name, process, host, int(port), log,
+                     config.workers if SERVERS[name] == "edgekit" else 1)
     deadline = time.monotonic() + START_SECONDS
     while _get(server, "/healthz")[0] != 200:
         if time.monotonic() > deadline or process.poll() is not None:
@@ -253,20 +256,26 @@ def _timed(server: _Server, bodies: list[bytes], expected: list[str], clients: i
 
 
 def _cpu_seconds(pid: int) -> float | None:
-    """The CPU time (user + system, all threads) a process has used; None off Linux.
+    """The CPU time (user + system, all threads) a process and its live child processes (a
+    server's workers) have used; None off Linux.
 
     What a server spends per request, unlike its requests/s, hardly moves with other work on
     the machine: the steadier measure of which server is leaner on a busy machine.
     """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
+        children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for child in (task / "children").read_text().split()]
+    except (OSError, IndexError, ValueError):
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    return seconds + sum(_cpu_seconds(child) or 0.0 for child in children)
 
 
 def _batching_counters(server: _Server) -> tuple[int, int] | None:
-    if SERVERS[server.name] != "edgekit":
+    """Model calls and images so far; None for the wrapper, and for several workers (each
+    keeps its own counts, and /v1/model answers from one of them)."""
+    if SERVERS[server.name] != "edgekit" or server.workers > 1:
         return None
     batching = json.loads(_get(server, "/v1/model")[1])["batching"]
     return batching["batches"], batching["images"]
@@ -339,6 +348,9 @@ def table(report: dict[str, Any]) -> str:
     time_goes = report["time_per_request"]
     app = time_goes["app_ms"]
     machine = report["machine"]
+    workers = report["settings"].get("workers", 1)
+    if workers > 1:
+        lines.append(f"{EDGEKIT} ran {workers} worker processes (--workers); the wrapper one.")
     lines.append(
         f"Per request ({time_goes['server']}, {time_goes['clients']} client, mean of "
         f"{time_goes['client_mean_ms']:.2f} ms): HTTP and framework outside the app "

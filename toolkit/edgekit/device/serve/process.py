@@ -51,8 +51,14 @@ def main(arguments: list[str]) -> int:
     from edgekit.device.serve import app as app_module
     from edgekit.device.serve import served
 
-    app = app_module.create_app(served.open_model(config.model, config.threads), config)
     server.configure_logging()  # the request log, as `edgekit serve` writes it
+    if config.workers > 1:
+        from edgekit.device.serve import workers
+
+        _announce(server.url_of(sock))
+        workers.run(config, sock)
+        return 0
+    app = app_module.create_app(served.open_model(config.model, config.threads), config)
     _announce(server.url_of(sock))
     server.run(app, sock)
     return 0

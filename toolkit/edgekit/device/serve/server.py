@@ -164,12 +164,31 @@ def json_http_protocol() -> type | str:
     return JsonErrorsProtocol
 
 
+def __getattr__(name: str) -> Any:
+    """``JsonErrorsProtocol``, importable by name: worker processes get uvicorn's settings
+    pickled, and a class made in a function is not."""
+    if name == "JsonErrorsProtocol":
+        protocol = json_http_protocol()
+        if isinstance(protocol, str):
+            raise AttributeError("JsonErrorsProtocol needs httptools")
+        return protocol
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def uvicorn_config(app: Any, **settings: Any) -> uvicorn.Config:
+    """uvicorn's settings for edgekit serve (``app`` an app, or an import string with
+    ``factory=True`` in ``settings``)."""
+    protocol = json_http_protocol()
+    if not isinstance(protocol, str) and isinstance(app, str):  # worker processes import it
+        protocol = f"{__name__}:JsonErrorsProtocol"
+    return uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                          timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False,
+                          http=protocol, **settings)  # type: ignore[arg-type]
+
+
 def run(app: Any, sock: socket.socket) -> str | None:
     """Serve ``app`` on ``sock`` until SIGINT or SIGTERM; return that signal's name."""
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False,
-                            http=json_http_protocol())  # type: ignore[arg-type]
-    server = _Server(config)
+    server = _Server(uvicorn_config(app))
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
