@@ -46,11 +46,11 @@ EXPLORE_EVERY = 8  # windows
 INLINE_SECONDS = 0.005
 SMOOTHING = 0.2  # weight of the newest measure in a running mean
 # When gathered calls have held several requests lately (other clients are in flight), a new
-# gathered call waits for as many as the largest lately (fading by PEAK_DECAY per call; a wait
-# that runs out sets it to what came), up to GATHER_SECONDS: more requests share the call, and
-# their answers leave together, which costs less per request than a call and a burst of writes
-# per pass of the loop (measured in docs/serve.md). A lone client's calls hold one request: it
-# never waits.
+# gathered call waits for as many as the largest lately (fading by PEAK_DECAY per call), up to
+# GATHER_SECONDS: more requests share the call, and their answers leave together, which costs
+# less per request than a call and a burst of writes per pass of the loop (measured in
+# docs/serve.md). A wait that runs out stops the waiting until a pass shows others in flight
+# again: a lone client, or clients slower than the server, are not kept waiting.
 CONCURRENT = 1.5  # the fading peak above which a gathered call waits for others
 PEAK_DECAY = 0.9
 GATHER_SECONDS = 0.002
@@ -240,8 +240,9 @@ class MicroBatcher:
         self._generation += 1
         if not jobs:
             return
-        # A wait that ran out says how many come now (one, when a lone client is left).
-        self._peak = float(len(jobs)) if waited else max(float(len(jobs)), PEAK_DECAY * self._peak)
+        # A wait that ran out did not pay (a lone client, or clients slower than the server):
+        # calls go back to the end of the pass until one shows others in flight again.
+        self._peak = 1.0 if waited else max(float(len(jobs)), PEAK_DECAY * self._peak)
         with self._condition:
             if self._closed:  # the worker may have ended: nobody would run these
                 for job in jobs:
