@@ -132,6 +132,16 @@ def add_onnx_metadata(proto: Any, precision: str, contract: InputContract) -> An
     return proto
 
 
+def _method(name: str) -> Any:
+    from onnxruntime import quantization as ort_quantization
+
+    return getattr(ort_quantization.CalibrationMethod, name)
+
+
+CALIBRATION_METHODS = {"minmax": lambda: _method("MinMax"), "entropy": lambda: _method("Entropy"),
+                       "percentile": lambda: _method("Percentile")}
+
+
 class _CalibrationReader:
     """ONNX Runtime's CalibrationDataReader over training images, a batch at a time."""
 
@@ -172,7 +182,8 @@ def kept_nodes(proto: Any, keep_float: tuple[str, ...]) -> list[str]:
             if any(wanted & set(layers_named_in(output, wanted)) for output in node.output)]
 
 
-def quantize_onnx(float_proto: Any, calibration: np.ndarray, keep_float: tuple[str, ...] = ()) -> Any:
+def quantize_onnx(float_proto: Any, calibration: np.ndarray, keep_float: tuple[str, ...] = (),
+                  method: str = "minmax") -> Any:
     """Static QDQ int8 quantisation with ONNX Runtime, calibrated on training images.
 
     ``reduce_range`` (7-bit weights): on x86 CPUs without VNNI, ONNX Runtime's u8s8 kernels
@@ -182,6 +193,9 @@ def quantize_onnx(float_proto: Any, calibration: np.ndarray, keep_float: tuple[s
     reduce_range or U8U8 on such CPUs:
     https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html
     ``keep_float``: Keras layers whose nodes are excluded too (``--keep-float``).
+    ``method``: ONNX Runtime's calibration of activation ranges (``--calibration-method``):
+    ``minmax`` (the observed range), ``entropy`` (the range minimising the KL divergence of the
+    quantised histogram) or ``percentile`` (the 99.999th percentile of absolute values).
     """
     import onnx
     from onnxruntime import quantization as ort_quantization
@@ -204,7 +218,7 @@ def quantize_onnx(float_proto: Any, calibration: np.ndarray, keep_float: tuple[s
                 per_channel=True,
                 reduce_range=True,
                 nodes_to_exclude=classifier_head(prepared) + kept_nodes(prepared, keep_float),
-                calibrate_method=ort_quantization.CalibrationMethod.MinMax,
+                calibrate_method=CALIBRATION_METHODS[method](),
             )
         except Exception as error:
             raise errors.ExportError(f"ONNX int8 quantisation failed: {error}") from error
