@@ -233,11 +233,10 @@ def _export_into(reference: reference_module.Reference, model_path: Path, output
             raise conversion_error(error, export_format, quantization) from error
         fileio.write_bytes(staging / name, payload)
         seconds = time.perf_counter() - started
-        entry = artifact_entry(staging / name, export_format, quantization, config, seconds)
+        entry = artifact_entry(staging / name, export_format, quantization, config, seconds,
+                               len(calibration))
         if quantization in QUANTISED:
             entry["export"]["int8_macs_share"] = share
-        if quantization == Quantization.INT8:
-            entry["export"]["calibration_images"] = int(len(calibration))
         manifest_module.upsert_artifact(manifest, entry)
         artifacts.append(Artifact(name, export_format, quantization, seconds, len(payload)))
         echo(f"exported {output_dir / name} ({fileio.human_size(len(payload))}, {seconds:.1f} s)")
@@ -279,14 +278,14 @@ def conversion_error(error: Exception, export_format: ExportFormat,
 
 
 def artifact_entry(path: Path, export_format: ExportFormat, quantization: Quantization,
-                   config: ExportConfig, seconds: float) -> dict[str, Any]:
+                   config: ExportConfig, seconds: float, calibrated: int = 0) -> dict[str, Any]:
     loaded = runtime.load(path, verify_sha256=False)
     settings: dict[str, Any] = {"seconds": round(seconds, 2)}
     if quantization in (Quantization.INT8, Quantization.DYNAMIC):
         settings["keep_float"] = list(config.keep_float)  # Keras layer names left float
         settings["equalized"] = [list(pair) for pair in config.equalize]  # (L1, L2) Keras names
     if quantization == Quantization.INT8:
-        settings["calibration_images"] = config.calibration_size
+        settings["calibration_images"] = calibrated  # the number used (capped by the split)
         # TFLite's converter calibrates on each tensor's observed min/max.
         settings["calibration_method"] = config.calibration_method \
             if export_format == ExportFormat.ONNX else "minmax"
