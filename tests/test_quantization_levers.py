@@ -219,3 +219,54 @@ def test_auto_repairs_a_wide_channel_by_equalisation_with_every_layer_in_int8(tm
         assert not search["steps"][0]["passed"]
     verified = run_cli("verify", str(release))
     assert verified.returncode == 0, verified.stdout[-2000:]
+
+
+def test_each_file_keeps_the_first_levers_with_which_it_passes():
+    from edgekit.workstation.quantization import measures, search
+    from edgekit.workstation.quantization.diagnose import Diagnosis
+    from edgekit.workstation.quantization.levers import Levers
+
+    class FakeTrial:
+        """Two int8 files: the TFLite one passes once ``a`` and ``b`` are kept float, the ONNX
+        one with percentile calibration; the one equalisable pair repairs neither."""
+
+        files = {"model_int8.tflite": "int8", "model_int8.onnx": "int8"}
+        macs = {"a": 10, "b": 30, "c": 60}
+        train = np.zeros((100, 1))
+        measured: list[tuple[str, Levers]] = []
+
+        def measure(self, levers, files, bars):  # type: ignore[no-untyped-def]
+            passes = {"model_int8.tflite": levers.keep_float == ("a", "b"),
+                      "model_int8.onnx": levers.calibration_method == "percentile"}
+            self.measured += [(file, levers) for file in files]
+            return search.Step(levers, 1.0, {file: {"agreement_percent": 99.5 if passes[file]
+                                                    else 90.0, "passed": passes[file]}
+                                             for file in files})
+
+    trial = FakeTrial()
+    plain = Levers(calibration_size=50)
+    found = search.Search(trial, plain, echo=lambda line: None)  # type: ignore[arg-type]
+    ranked = [measures.LayerError(name, name, 0, 0, 0, 0, None) for name in ("b", "a", "c")]
+    diagnoses = [Diagnosis(file, "int8", [], ranked) for file in trial.files]
+    found.candidates = lambda _: iter(  # type: ignore[method-assign]
+        [Levers(equalize=(("a", "b"),), calibration_size=50),
+         Levers(keep_float=("b",), calibration_size=50),
+         Levers(keep_float=("a",), calibration_size=50),
+         Levers(calibration_method="entropy", calibration_size=50),
+         Levers(calibration_method="percentile", calibration_size=50),
+         Levers(keep_float=("a", "b"), calibration_size=50)])
+    found.run(lambda: diagnoses)
+    assert found.chosen["model_int8.tflite"] == (Levers(keep_float=("a", "b"),
+                                                        calibration_size=50), 6)
+    assert found.chosen["model_int8.onnx"] == (Levers(calibration_method="percentile",
+                                                      calibration_size=50), 5)
+    assert not found.pending and len(found.steps) == 7
+    # The TFLite file is not measured with a calibration method it does not have (the same
+    # conversion as the plain step); a file that passed is not measured again.
+    assert all(file == "model_int8.onnx" for file, levers in trial.measured
+               if levers.calibration_method != "minmax")
+    assert [file for file, levers in trial.measured if levers.keep_float == ("a", "b")] == [
+        "model_int8.tflite"]
+    assert [step.to_dict(plain)["levers"] for step in found.steps] == [
+        [], ["equalization"], ["keep_float"], ["keep_float"], ["calibration_method"],
+        ["calibration_method"], ["keep_float"]]
