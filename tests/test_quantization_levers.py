@@ -270,3 +270,22 @@ def test_each_file_keeps_the_first_levers_with_which_it_passes():
     assert [step.to_dict(plain)["levers"] for step in found.steps] == [
         [], ["equalization"], ["keep_float"], ["keep_float"], ["calibration_method"],
         ["calibration_method"], ["keep_float"]]
+
+
+@requires_tensorflow
+def test_export_records_the_calibration_method_and_size_it_used(exported, runner, tmp_path):
+    from edgekit.cli import main
+
+    result = runner.invoke(main, ["export", "--model", str(exported / "model.keras"),
+                                  "--format", "onnx", "--quantize", "int8",
+                                  "--calibration-method", "percentile",
+                                  "--calibration-size", "40", "--no-explanations",
+                                  "--output-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output[-2000:]
+    (entry,) = json.loads((tmp_path / "manifest.json").read_text())["artifacts"]
+    settings = entry["export"]
+    assert (settings["calibration_method"], settings["calibration_images"]) == ("percentile", 40)
+    assert settings["keep_float"] == [] and settings["equalized"] == []
+    assert settings["int8_macs_share"] == 1.0
+    wrong = runner.invoke(main, ["export", "--calibration-method", "kl"])
+    assert wrong.exit_code == 2 and "kl" in wrong.output
