@@ -192,6 +192,12 @@ class Search:
         trial, plain = self.trial, self.plain
         parents = keras_side.parent_map(trial.model)
         for pairs in levers_module.equalization_sets(found, equalize.pairs(trial.model)):
+            try:
+                trial.source(pairs)
+            except Exception as error:  # e.g. a model Keras cannot clone: not this lever
+                self.echo(f"  equalisation skipped: the model could not be copied "
+                          f"({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+                break
             yield dataclasses.replace(plain, equalize=pairs)
         singles, pairs_of_layers = levers_module.keep_float_sets(found, set(trial.macs), parents)
         single_steps: list[Step] = []
