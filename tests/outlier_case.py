@@ -6,6 +6,11 @@ depthwise 1x1 ``scale_back`` after it divides that channel by 1000. An int8 tens
 scale per tensor then spends its 256 steps on the outlier channel, and the other channels of
 ``outlier_conv``'s output round to zero. Keeping ``outlier_conv`` and ``scale_back`` float
 repairs it.
+
+``build_equalisable``/``make(..., equalisable=True)``: the same kind of fault where cross-layer
+equalisation repairs it with every layer in int8: ``wide_conv -> wide_relu -> narrow_conv``,
+one output channel of ``wide_conv`` multiplied by ``EQUALISABLE_FACTOR`` and the matching input
+channel of ``narrow_conv`` divided by it (ReLU is positive-homogeneous: the same function).
 """
 
 from __future__ import annotations
@@ -58,7 +63,38 @@ def add_outlier(model, channel: int = OUTLIER_CHANNEL, factor: float = FACTOR) -
     model.get_layer("scale_back").set_weights([depthwise])
 
 
-def make(root: Path, epochs: int = 15) -> tuple[Path, Path]:
+EQUALISABLE_FACTOR = 1000.0
+
+
+def build_equalisable(seed: int = 0):  # type: ignore[no-untyped-def]
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((16, 16, 1), name="pixels")
+    x = keras.layers.Rescaling(1 / 255, name="scale")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", name="wide_conv")(x)
+    x = keras.layers.ReLU(name="wide_relu")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu",
+                            name="narrow_conv")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="equalisable_case")
+
+
+def add_equalisable_outlier(model, channel: int = OUTLIER_CHANNEL,  # type: ignore[no-untyped-def]
+                            factor: float = EQUALISABLE_FACTOR) -> None:
+    """Scale one output channel of ``wide_conv`` up and ``narrow_conv``'s input down."""
+    kernel, bias = model.get_layer("wide_conv").get_weights()
+    kernel[..., channel] *= factor
+    bias[channel] *= factor
+    model.get_layer("wide_conv").set_weights([kernel, bias])
+    kernel, bias = model.get_layer("narrow_conv").get_weights()
+    kernel[:, :, channel, :] /= factor
+    model.get_layer("narrow_conv").set_weights([kernel, bias])
+
+
+def make(root: Path, epochs: int = 15, equalisable: bool = False) -> tuple[Path, Path]:
     """The digits folder and the trained outlier model (``root/run/model.keras``)."""
     data = digits_folder(root / "digits")
     files = sorted(data.glob("*/*.png"))
@@ -66,10 +102,10 @@ def make(root: Path, epochs: int = 15) -> tuple[Path, Path]:
     labels = np.array([int(path.parent.name.split()[-1]) for path in files])
     import keras
 
-    model = build()
+    model = build_equalisable() if equalisable else build()
     model.compile(keras.optimizers.Adam(3e-3), "sparse_categorical_crossentropy")
     model.fit(images, labels, epochs=epochs, batch_size=64, verbose=0, shuffle=True)
-    add_outlier(model)
+    (add_equalisable_outlier if equalisable else add_outlier)(model)
     run = root / "run"
     run.mkdir(parents=True, exist_ok=True)
     model.save(run / "model.keras")

@@ -3,7 +3,9 @@
 Fast: the per-layer arithmetic on synthetic tensors, the Keras-name mapping, near-tie flips,
 and the one-line error without TensorFlow. Slow: a trained model with one outlier activation
 channel (tests/outlier_case.py) exported int8, diagnosed (``verify --layers`` names
-``outlier_conv`` first for TFLite and ONNX), repaired (``export --keep-float auto``) and verified.
+``outlier_conv`` first for TFLite and ONNX), repaired (``export --keep-float auto``: by
+cross-layer equalisation; then by hand, keeping two layers float) and verified. The other levers
+are tested in test_quantization_levers.py.
 """
 
 from __future__ import annotations
@@ -107,19 +109,31 @@ def test_outlier_channel_is_diagnosed_and_repaired_with_the_fewest_float_layers(
     assert report["split"] == "validation"
     assert (release / "reports" / "layers.png").stat().st_size > 0
 
+    # outlier_conv -> scale_back is an equalisable pair (ReLU between), and equalisation comes
+    # before keeping layers float in the search: every layer stays int8.
     repaired = run_cli(*common, "--keep-float", "auto")
     assert repaired.returncode == 0, repaired.stdout[-2000:] + repaired.stderr[-2000:]
     manifest = json.loads((release / "manifest.json").read_text())
     int8 = [entry for entry in manifest["artifacts"] if entry["precision"] == "int8"]
     assert {entry["file"] for entry in int8} == {"model_int8.tflite", "model_int8.onnx"}
     for entry in int8:
-        assert sorted(entry["export"]["keep_float"]) == ["outlier_conv", "scale_back"]
+        assert entry["export"]["keep_float"] == []
+        assert ["outlier_conv", "scale_back"] in entry["export"]["equalized"]
         steps = entry["export"]["keep_float_search"]["steps"]
         assert not steps[0]["passed"] and steps[-1]["passed"]
-        assert all(len(step["keep_float"]) <= 2 for step in steps)
-        assert 0 < entry["export"]["int8_macs_share"] < 1
+        assert steps[-1]["levers"] == ["equalization"]
+        assert entry["export"]["int8_macs_share"] == 1.0
     verified = run_cli("verify", str(release))
     assert verified.returncode == 0, verified.stdout[-2000:]
+    # Kept float by hand, the two layers repair it too (the search's former answer).
+    by_hand = run_cli(*common, "--keep-float", "outlier_conv", "--keep-float", "scale_back")
+    assert by_hand.returncode == 0, by_hand.stderr[-2000:]
+    manifest = json.loads((release / "manifest.json").read_text())
+    for entry in manifest["artifacts"]:
+        assert sorted(entry["export"]["keep_float"]) == ["outlier_conv", "scale_back"]
+        assert entry["export"]["equalized"] == []
+        assert 0 < entry["export"]["int8_macs_share"] < 1
+    assert run_cli("verify", str(release)).returncode == 0
 
 
 def test_auto_tries_single_layers_then_each_with_its_reader_then_other_pairs():

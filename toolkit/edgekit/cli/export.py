@@ -26,6 +26,10 @@ from edgekit.cli.common import (
               multiple=True, help="Precision(s); repeatable. Default: every one the format supports.")
 @click.option("--calibration-size", type=int, default=500, show_default=True,
               help="Training images used to calibrate int8 models.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]),
+              default="minmax", show_default=True,
+              help="How ONNX Runtime sets the int8 ONNX file's activation ranges from the "
+                   "calibration images (TFLite's converter uses min/max).")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
 @click.option("--output-dir", type=click.Path(path_type=Path), default=None,
               help="Where artifacts and manifest.json go (default: the model's folder).")
@@ -45,12 +49,14 @@ from edgekit.cli.common import (
                    "`edgekit verify --explanations` needs no TensorFlow.")
 @click.option("--keep-float", "keep_float", multiple=True, metavar="LAYER|auto",
               help="Keep this Keras layer float in the int8 and dynamic files (repeatable); "
-                   "'auto' tries the worst layers of `verify --layers`, singles then pairs, "
-                   "until those files pass parity on the validation split.")
+                   "'auto' searches, each quantised file on its own, until it passes parity on "
+                   "the validation split: cross-layer equalisation, then the worst layers of "
+                   "`verify --layers` kept float one at a time, then the calibration method and "
+                   "size, then pairs of layers (docs/quantization.md).")
 @friendly_errors
 def export(model_path: Path, export_format: str, quantize: tuple[str, ...], calibration_size: int,
-           opset: int, output_dir: Path | None, data: str | None, skip_bad_images: bool,
-           input_range: str | None, output_kind: str | None, explanations: bool,
+           calibration_method: str, opset: int, output_dir: Path | None, data: str | None,
+           skip_bad_images: bool, input_range: str | None, output_kind: str | None, explanations: bool,
            keep_float: tuple[str, ...]) -> None:
     """Export to TFLite (fp32, fp16, dynamic, int8) and ONNX (fp32, int8) with a manifest.
 
@@ -59,7 +65,8 @@ def export(model_path: Path, export_format: str, quantize: tuple[str, ...], cali
     from edgekit.workstation.config import ExportConfig
 
     config = config_or_bad_parameter(ExportConfig, format=export_format, quantize=quantize,
-                                     calibration_size=calibration_size, opset=opset,
+                                     calibration_size=calibration_size,
+                                     calibration_method=calibration_method, opset=opset,
                                      explanations=explanations,
                                      keep_float=tuple(n for n in keep_float if n != "auto"))
     from edgekit.workstation import export as export_module

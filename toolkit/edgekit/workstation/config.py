@@ -168,6 +168,9 @@ class TrainConfig:
         return cls(**{key: value for key, value in payload.items() if key in known})
 
 
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
     format: ExportFormat = ExportFormat.ALL
@@ -177,10 +180,17 @@ class ExportConfig:
     seed: int = 0
     explanations: bool = True  # store the Keras model's occlusion maps for verify --explanations
     keep_float: tuple[str, ...] = ()  # Keras layers left float in the int8 files
+    # ONNX Runtime's calibration of the int8 ONNX file's activations (TFLite's is min/max).
+    calibration_method: str = "minmax"
+    # (L1, L2) Keras layer pairs equalised (quantization.equalize) in the quantised files.
+    equalize: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "format", ExportFormat(self.format))
         object.__setattr__(self, "keep_float", tuple(self.keep_float))
+        object.__setattr__(self, "equalize", tuple((str(a), str(b)) for a, b in self.equalize))
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise ValueError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}")
         object.__setattr__(self, "quantize", tuple(Quantization(q) for q in self.quantize))
         if self.calibration_size < 1:
             raise ValueError("calibration size must be at least 1")

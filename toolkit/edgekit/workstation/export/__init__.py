@@ -131,7 +131,8 @@ STAGING_PREFIX = ".edgekit-staging-"
 
 def export(model_path: Path, output_dir: Path, config: ExportConfig,
            spec: datasets.DataSpec | None = None, input_range: str | None = None,
-           output: str | None = None, echo: Callable[[str], None] = print) -> list[Artifact]:
+           output: str | None = None, echo: Callable[[str], None] = print,
+           per_file: dict[str, ExportConfig] | None = None) -> list[Artifact]:
     """Export every requested artifact into ``output_dir`` and update its manifest.
 
     ``spec`` names the data (default: what the model was trained on); ``input_range`` and
@@ -139,6 +140,8 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig,
     Everything is first written to a staging folder inside ``output_dir``; only when all
     files exist are they renamed into place, the manifest last. A run killed mid-way
     leaves the previous release as it was (and a staging folder the next run removes).
+    ``per_file``: a file's own quantisation levers (``--keep-float auto`` chooses them per
+    file: kept layers, equalised pairs, calibration method and size) in place of ``config``'s.
     """
     from edgekit.workstation import evaluation
 
@@ -161,12 +164,11 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig,
     output_dir = fileio.ensure_dir(output_dir)
     for stale in output_dir.glob(STAGING_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
-    calibration = calibration_images(reference.dataset.train, config.calibration_size, config.seed)
     manifest = manifest_module.load_or_empty(output_dir, reference.contract)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
     try:
         artifacts = _export_into(reference, Path(model_path), output_dir, staging, manifest,
-                                 pairs, config, calibration, echo)
+                                 pairs, config, per_file or {}, echo)
         for staged in sorted(staging.iterdir()):
             os.replace(staged, output_dir / staged.name)
         manifest_module.save(output_dir, manifest)
@@ -184,8 +186,8 @@ def export(model_path: Path, output_dir: Path, config: ExportConfig,
 
 def _export_into(reference: reference_module.Reference, model_path: Path, output_dir: Path,
                  staging: Path, manifest: dict[str, Any],
-                 pairs: list[tuple[ExportFormat, Quantization]], config: ExportConfig,
-                 calibration: np.ndarray, echo: Callable[[str], None]) -> list[Artifact]:
+                 pairs: list[tuple[ExportFormat, Quantization]], base_config: ExportConfig,
+                 per_file: dict[str, ExportConfig], echo: Callable[[str], None]) -> list[Artifact]:
     model, contract = reference.model, reference.contract
     reference_entry = write_reference(reference, model_path, output_dir, staging)
     if (manifest.get("reference") and manifest["reference"].get("sha256") != reference_entry["sha256"]
@@ -199,30 +201,61 @@ def _export_into(reference: reference_module.Reference, model_path: Path, output
     manifest["dataset"] = reference.dataset.record
     fileio.write_text(staging / LABELS_FILE, "\n".join(contract.labels) + "\n")
     artifacts: list[Artifact] = []
-    onnx_float = None
+    sources: dict[tuple[Any, ...], tuple[Any, float]] = {}
+    calibrations: dict[int, np.ndarray] = {}
+    onnx_floats: dict[int, Any] = {}
     for export_format, quantization in pairs:
         started = time.perf_counter()
         name = artifact_name(export_format, quantization)
+        config = per_file.get(name, base_config)
+        levers = (config.equalize, config.keep_float)
+        if quantization in QUANTISED and levers not in sources:
+            sources[levers] = quantised_source(model, config)
+        source, share = sources[levers] if quantization in QUANTISED else (model, 1.0)
+        if config.calibration_size not in calibrations:
+            calibrations[config.calibration_size] = calibration_images(
+                reference.dataset.train, config.calibration_size, config.seed)
+        calibration = calibrations[config.calibration_size]
         try:
             with quiet_native_output():
                 if export_format == ExportFormat.TFLITE:
-                    payload = to_tflite(model, quantization, calibration, contract,
+                    payload = to_tflite(source, quantization, calibration, contract,
                                         config.keep_float)
                 else:
-                    if onnx_float is None:
-                        onnx_float = to_onnx(model, config.opset, contract)
+                    if id(source) not in onnx_floats:
+                        onnx_floats[id(source)] = to_onnx(source, config.opset, contract)
+                    onnx_float = onnx_floats[id(source)]
                     proto = onnx_float if quantization == Quantization.NONE \
-                        else quantize_onnx(onnx_float, calibration, config.keep_float)
+                        else quantize_onnx(onnx_float, calibration, config.keep_float,
+                                           config.calibration_method)
                     payload = serialized(proto, PRECISION_NAMES[quantization], contract)
         except Exception as error:
             raise conversion_error(error, export_format, quantization) from error
         fileio.write_bytes(staging / name, payload)
         seconds = time.perf_counter() - started
-        entry = artifact_entry(staging / name, export_format, quantization, config, seconds)
+        entry = artifact_entry(staging / name, export_format, quantization, config, seconds,
+                               len(calibration))
+        if quantization in QUANTISED:
+            entry["export"]["int8_macs_share"] = share
         manifest_module.upsert_artifact(manifest, entry)
         artifacts.append(Artifact(name, export_format, quantization, seconds, len(payload)))
         echo(f"exported {output_dir / name} ({fileio.human_size(len(payload))}, {seconds:.1f} s)")
     return artifacts
+
+
+QUANTISED = (Quantization.INT8, Quantization.DYNAMIC)
+
+
+def quantised_source(model: Any, config: ExportConfig) -> tuple[Any, float]:
+    """The model the int8 and dynamic files are converted from (a copy with ``config.equalize``
+    applied, or ``model``) and the share of its MACs left in int8 once ``keep_float`` is kept
+    float. The release's reference stays ``model``."""
+    from edgekit.workstation.quantization import equalize, keras_side
+
+    share = keras_side.int8_macs_share(keras_side.macs_by_layer(model), config.keep_float)
+    if not config.equalize:
+        return model, share
+    return equalize.equalized_copy(model, config.equalize), share
 
 
 def conversion_error(error: Exception, export_format: ExportFormat,
@@ -245,13 +278,17 @@ def conversion_error(error: Exception, export_format: ExportFormat,
 
 
 def artifact_entry(path: Path, export_format: ExportFormat, quantization: Quantization,
-                   config: ExportConfig, seconds: float) -> dict[str, Any]:
+                   config: ExportConfig, seconds: float, calibrated: int = 0) -> dict[str, Any]:
     loaded = runtime.load(path, verify_sha256=False)
     settings: dict[str, Any] = {"seconds": round(seconds, 2)}
     if quantization in (Quantization.INT8, Quantization.DYNAMIC):
         settings["keep_float"] = list(config.keep_float)  # Keras layer names left float
+        settings["equalized"] = [list(pair) for pair in config.equalize]  # (L1, L2) Keras names
     if quantization == Quantization.INT8:
-        settings["calibration_images"] = config.calibration_size
+        settings["calibration_images"] = calibrated  # the number used (capped by the split)
+        # TFLite's converter calibrates on each tensor's observed min/max.
+        settings["calibration_method"] = config.calibration_method \
+            if export_format == ExportFormat.ONNX else "minmax"
         settings["calibration_source"] = "training split, seeded random sample"
         settings["calibration_seed"] = config.seed
     if export_format == ExportFormat.ONNX:

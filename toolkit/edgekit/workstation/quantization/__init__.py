@@ -7,5 +7,6 @@ quantisation steps, local and accumulated) and the ranking. ``diagnose_tflite`` 
 ``diagnose``: the release's validation images, every quantised artifact, the report and plot.
 ``report``: the ranked table and the plot. ``repair``: keeping named layers float (TFLite
 debugger denylist, a dynamic-range file's float weights, ONNX ``nodes_to_exclude``).
-``search``: ``--keep-float auto``.
+``equalize``: cross-layer equalisation of consecutive layers on a copy of the model.
+``levers``: the lever sets and their order; ``search``: ``--keep-float auto``.
 """

@@ -4,6 +4,8 @@ On a seeded sample of the release's *validation* images (the split its manifest 
 replayed as training made it; never the test split), the float Keras model's output at every
 layer is compared with each quantised artifact's own intermediate tensor for that layer
 (``diagnose_tflite``, ``diagnose_onnx``); ``measures`` holds the arithmetic and the ranking.
+A file whose manifest entry lists equalised pairs is compared with the equalised copy it was
+converted from.
 """
 
 from __future__ import annotations
@@ -109,12 +111,21 @@ def diagnose_release(folder: Path, spec: datasets.DataSpec | None = None,
         raise errors.ManifestError(f"{folder}/manifest.json lists no quantised artifact "
                                    "(int8 or dynamic) to diagnose.")
     images = sample(validation_split(folder, manifest, spec), count)
-    floats = keras_side.intermediate_outputs(model, images)
     echo(f"diagnosing {len(entries)} quantised artifact(s) layer by layer on {len(images)} "
          "validation images")
+    # A file converted from an equalised copy holds that copy's intermediate tensors (channels
+    # rescaled between the pairs); its outputs are the model's.
+    sources: dict[tuple[tuple[str, str], ...], tuple[Any, dict[str, np.ndarray]]] = {}
     results = []
     for entry in entries:
-        order, ranked = diagnose_artifact(model, floats, manifest_module.safe_file(
+        pairs = tuple((str(a), str(b)) for a, b in (entry.get("export") or {}).get("equalized", []))
+        if pairs not in sources:
+            from edgekit.workstation.quantization import equalize
+
+            source = equalize.equalized_copy(model, pairs) if pairs else model
+            sources[pairs] = (source, keras_side.intermediate_outputs(source, images))
+        source, floats = sources[pairs]
+        order, ranked = diagnose_artifact(source, floats, manifest_module.safe_file(
             folder, entry["file"]), images)
         results.append(Diagnosis(entry["file"], entry["precision"], order, ranked))
     if write:

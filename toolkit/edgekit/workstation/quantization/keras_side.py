@@ -139,6 +139,13 @@ def macs_by_layer(model: Any) -> dict[str, int]:
     return counts
 
 
+def int8_macs_share(macs: dict[str, int], keep_float: tuple[str, ...] | list[str]) -> float:
+    """The share of the arithmetic layers' MACs left in int8 when ``keep_float`` is float."""
+    total = sum(macs.values())
+    kept = sum(macs.get(name, 0) for name in set(keep_float))
+    return round(1.0 - kept / total, 4) if total else 1.0
+
+
 class _OneLayer:
     """Just enough of a model for ``models.count_macs``: one layer."""
 
