@@ -55,7 +55,8 @@ def intermediate_outputs(model: Any, images: np.ndarray, batch_size: int = 128
     probe = keras.Model(model.inputs, probes)
     collected: list[list[np.ndarray]] = [[] for _ in probes]
     for start in range(0, len(images), batch_size):
-        outputs = probe(images[start:start + batch_size].astype(np.float32), training=False)
+        # The probe's inputs are a list (model.inputs): given as one, with no structure warning.
+        outputs = probe([images[start:start + batch_size].astype(np.float32)], training=False)
         outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
         for parts, output in zip(collected, outputs, strict=True):
             parts.append(np.asarray(output, np.float32))
