@@ -113,3 +113,20 @@ def exported_copy(exported: Path, tmp_path: Path) -> Path:
     target = tmp_path / "exported"
     shutil.copytree(exported, target, ignore=shutil.ignore_patterns("reports", "checkpoints", "reference"))
     return target
+
+
+def keep_only(release: Path, *names: str) -> None:
+    """Trim a copied release to the artifacts ``names``: the other files and manifest entries go.
+
+    For tests whose point does not depend on how many artifacts a release holds (a full disk,
+    a comparison's pairing), so they run the code path on two files instead of six.
+    """
+    from edgekit import manifest
+
+    payload = manifest.load(release)
+    assert set(names) <= {entry["file"] for entry in payload["artifacts"]}, names
+    for entry in payload["artifacts"]:
+        if entry["file"] not in names:
+            (release / entry["file"]).unlink()
+    payload["artifacts"] = [entry for entry in payload["artifacts"] if entry["file"] in names]
+    manifest.save(release, payload)
