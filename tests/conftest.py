@@ -107,6 +107,21 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def digits_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """scikit-learn's digits as grey PNG folders ("digit 0".."digit 9"), trained at 16x16, all
+    six artifacts exported and verified: (data folder, release folder). One run shared by the
+    own-data test and the device install's; a test that changes the release works on a copy."""
+    if not has_module("tensorflow"):
+        pytest.skip("needs the train extra (TensorFlow)")
+    from test_own_data import digits_folder, train_export_verify
+
+    root = tmp_path_factory.mktemp("digits")
+    data = digits_folder(root / "digits")
+    train_export_verify(data, root / "run", "--image-size", "16", "--epochs", "8", "--no-augment")
+    return data, root / "run"
+
+
 @pytest.fixture()
 def exported_copy(exported: Path, tmp_path: Path) -> Path:
     """A private copy of exported/ (without reports) that a test may damage."""
