@@ -107,9 +107,41 @@ def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def digits_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """scikit-learn's digits as grey PNG folders ("digit 0".."digit 9"), trained at 16x16, all
+    six artifacts exported and verified: (data folder, release folder). One run shared by the
+    own-data test and the device install's; a test that changes the release works on a copy."""
+    if not has_module("tensorflow"):
+        pytest.skip("needs the train extra (TensorFlow)")
+    from test_own_data import digits_folder, train_export_verify
+
+    root = tmp_path_factory.mktemp("digits")
+    data = digits_folder(root / "digits")
+    train_export_verify(data, root / "run", "--image-size", "16", "--epochs", "8", "--no-augment")
+    return data, root / "run"
+
+
 @pytest.fixture()
 def exported_copy(exported: Path, tmp_path: Path) -> Path:
     """A private copy of exported/ (without reports) that a test may damage."""
     target = tmp_path / "exported"
     shutil.copytree(exported, target, ignore=shutil.ignore_patterns("reports", "checkpoints", "reference"))
     return target
+
+
+def keep_only(release: Path, *names: str) -> None:
+    """Trim a copied release to the artifacts ``names``: the other files and manifest entries go.
+
+    For tests whose point does not depend on how many artifacts a release holds (a full disk,
+    a comparison's pairing), so they run the code path on two files instead of six.
+    """
+    from edgekit import manifest
+
+    payload = manifest.load(release)
+    assert set(names) <= {entry["file"] for entry in payload["artifacts"]}, names
+    for entry in payload["artifacts"]:
+        if entry["file"] not in names:
+            (release / entry["file"]).unlink()
+    payload["artifacts"] = [entry for entry in payload["artifacts"] if entry["file"] in names]
+    manifest.save(release, payload)

@@ -64,10 +64,15 @@ def test_missing_model_for_evaluate(tmp_path):
 
 
 def test_corrupt_keras_model(tmp_path):
+    """Also the workstation's quiet start: the command imports TensorFlow (Keras fails to read
+    the file), and its stderr is the Error line alone: no Abseil preamble, no "cudart_stub" or
+    "oneDNN" line (edgekit.workstation.tf_startup)."""
     model = tmp_path / "model.keras"
     model.write_bytes(b"not a zip archive at all")
-    result = run_cli("export", "--model", str(model))
+    result = run_cli("export", "--model", str(model), env={"EDGEKIT_VERBOSE": ""})
     assert_one_error_line(result, "cannot load Keras model")
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        next(line for line in result.stderr.splitlines() if line.startswith("Error:"))], result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
 
 

@@ -122,7 +122,7 @@ def test_two_workers_match_one_and_the_chief_exports(tmp_path):
 
     release = tmp_path / "release"
     exported = run_cli("export", "--model", str(two / "model.keras"), "--output-dir", str(release),
-                       "--format", "tflite", "--quantize", "none")
+                       "--format", "tflite", "--quantize", "none", "--no-explanations")
     assert exported.returncode == 0, exported.stderr[-2000:]
     verified = run_cli("verify", str(release))
     assert verified.returncode == 0, verified.stdout[-2000:] + verified.stderr[-2000:]

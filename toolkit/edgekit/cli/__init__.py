@@ -12,7 +12,6 @@ from edgekit.cli import signals
 
 signals.install()  # first of all, before Click and any command's imports: a SIGTERM is honoured
 
-import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 
@@ -31,10 +30,11 @@ from edgekit.cli import (  # noqa: E402
     train,
     verify,
 )
+from edgekit.workstation import tf_startup  # noqa: E402
 
-# Quiet TensorFlow's C++ start-up chatter; set before any command imports it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+# Quiet TensorFlow's C++ start-up chatter, before any command imports it (the variables, and
+# Abseil's lines that ignore them: see edgekit.workstation.tf_startup).
+tf_startup.install()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
