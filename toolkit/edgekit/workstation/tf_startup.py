@@ -36,7 +36,6 @@ ENVIRONMENT = {
     # cuda_platform.cc:52] failed call to cuInit: ... UNKNOWN ERROR (303)" at its first operation;
     # TensorFlow's real failures reach edgekit as Python exceptions, shown as one Error: line.
     "TF_CPP_MIN_LOG_LEVEL": "3",
-    "CUDA_VISIBLE_DEVICES": "-1",  # a CPU toolkit: no probing for GPUs
 }
 ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 # Abseil's line format, informational severity ("I0000 00:00:1796609962.806656  11720 x.cc:31] ")
