@@ -50,6 +50,36 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+# --- edgekit serve's tests (test_serve*.py) ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def client():
+    """The server app (released int8 file, test_serve's limits) under FastAPI's test client."""
+    from test_serve import make_client, wait_ready
+
+    with make_client() as test_client:
+        wait_ready(test_client)
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """An independent edgekit.runtime instance of the served model (test_parity has its own
+    ``reference``: the stored Keras outputs)."""
+    from edgekit.device import runtime
+    from test_serve import INT8
+
+    return runtime.load(INT8)
+
+
+@pytest.fixture(scope="module")
+def test_pngs(test_split) -> list[bytes]:
+    """The first 16 test images as PNG files."""
+    from test_serve import png_bytes
+
+    return [png_bytes(image) for image in test_split.images[:16]]
+
+
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
             timeout: float = 900) -> subprocess.CompletedProcess[str]:
     """Run ``edgekit`` in a fresh interpreter, as a user would."""

@@ -16,6 +16,7 @@ channel of ``narrow_conv`` divided by it (ReLU is positive-homogeneous: the same
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -36,20 +37,31 @@ def digits_folder(root: Path) -> Path:
     return root
 
 
-def build(seed: int = 0):  # type: ignore[no-untyped-def]
+def _digits_cnn(name: str, middle: Any, seed: int):  # type: ignore[no-untyped-def]
+    """``scale → conv_a → middle → flatten → probabilities`` on 16x16 grey digits; ``middle``
+    takes (keras, tensor) and adds the case's own layers (made in this order, so a seed gives
+    the same weights)."""
     import keras
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((16, 16, 1), name="pixels")
     x = keras.layers.Rescaling(1 / 255, name="scale")(inputs)
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(x)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="outlier_conv")(x)
-    x = keras.layers.DepthwiseConv2D(1, use_bias=False, depthwise_initializer="ones",
-                                     trainable=False, name="scale_back")(x)
-    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv_b")(x)
+    x = middle(keras, x)
     x = keras.layers.Flatten(name="flatten")(x)
     outputs = keras.layers.Dense(10, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="outlier_case")
+    return keras.Model(inputs, outputs, name=name)
+
+
+def build(seed: int = 0):  # type: ignore[no-untyped-def]
+    def middle(keras: Any, x: Any) -> Any:
+        x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="outlier_conv")(x)
+        x = keras.layers.DepthwiseConv2D(1, use_bias=False, depthwise_initializer="ones",
+                                         trainable=False, name="scale_back")(x)
+        return keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu",
+                                   name="conv_b")(x)
+
+    return _digits_cnn("outlier_case", middle, seed)
 
 
 def add_outlier(model, channel: int = OUTLIER_CHANNEL, factor: float = FACTOR) -> None:  # type: ignore[no-untyped-def]
@@ -67,19 +79,13 @@ EQUALISABLE_FACTOR = 1000.0
 
 
 def build_equalisable(seed: int = 0):  # type: ignore[no-untyped-def]
-    import keras
+    def middle(keras: Any, x: Any) -> Any:
+        x = keras.layers.Conv2D(16, 3, padding="same", name="wide_conv")(x)
+        x = keras.layers.ReLU(name="wide_relu")(x)
+        return keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu",
+                                   name="narrow_conv")(x)
 
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((16, 16, 1), name="pixels")
-    x = keras.layers.Rescaling(1 / 255, name="scale")(inputs)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(x)
-    x = keras.layers.Conv2D(16, 3, padding="same", name="wide_conv")(x)
-    x = keras.layers.ReLU(name="wide_relu")(x)
-    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu",
-                            name="narrow_conv")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    outputs = keras.layers.Dense(10, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="equalisable_case")
+    return _digits_cnn("equalisable_case", middle, seed)
 
 
 def add_equalisable_outlier(model, channel: int = OUTLIER_CHANNEL,  # type: ignore[no-untyped-def]
@@ -98,18 +104,13 @@ OFFSET = 5000.0
 
 
 def build_offset(seed: int = 0):  # type: ignore[no-untyped-def]
-    import keras
+    def middle(keras: Any, x: Any) -> Any:
+        x = keras.layers.Conv2D(16, 3, padding="same", name="offset_conv")(x)
+        x = keras.layers.Conv2D(16, 1, padding="same", activation="relu", name="mix")(x)
+        return keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu",
+                                   name="conv_b")(x)
 
-    keras.utils.set_random_seed(seed)
-    inputs = keras.Input((16, 16, 1), name="pixels")
-    x = keras.layers.Rescaling(1 / 255, name="scale")(inputs)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv_a")(x)
-    x = keras.layers.Conv2D(16, 3, padding="same", name="offset_conv")(x)
-    x = keras.layers.Conv2D(16, 1, padding="same", activation="relu", name="mix")(x)
-    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv_b")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    outputs = keras.layers.Dense(10, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="offset_case")
+    return _digits_cnn("offset_case", middle, seed)
 
 
 def add_offset(model, channel: int = OUTLIER_CHANNEL, offset: float = OFFSET) -> None:  # type: ignore[no-untyped-def]

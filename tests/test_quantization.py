@@ -137,7 +137,7 @@ def test_outlier_channel_is_diagnosed_and_repaired_with_the_fewest_float_layers(
 
 
 def test_auto_tries_single_layers_then_each_with_its_reader_then_other_pairs():
-    from edgekit.workstation.quantization import measures, search
+    from edgekit.workstation.quantization import levers, measures
     from edgekit.workstation.quantization.diagnose import Diagnosis
 
     def error(name: str) -> measures.LayerError:
@@ -146,7 +146,7 @@ def test_auto_tries_single_layers_then_each_with_its_reader_then_other_pairs():
     ranked = [error(name) for name in ("b", "d", "a", "c", "e")]
     diagnosis = Diagnosis("model_int8.tflite", "int8", ["a", "b", "c", "d", "e"], ranked)
     parents = {"a": [], "b": ["a"], "c": ["b"], "d": ["c"], "e": ["d"]}
-    sets = search.candidate_sets([diagnosis], {"a", "b", "c", "d", "e"}, parents)
+    sets = sum(levers.keep_float_sets([diagnosis], {"a", "b", "c", "d", "e"}, parents), [])
     assert sets[:4] == [("b",), ("d",), ("a",), ("c",)]
     assert sets[4:8] == [("b", "c"), ("d", "e"), ("a", "b"), ("c", "d")]
     assert ("b", "d") in sets[8:] and len({frozenset(keep) for keep in sets}) == len(sets)
@@ -217,7 +217,7 @@ def test_a_wrapped_model_is_diagnosed_by_its_own_layer_names():
 
 
 def test_layers_fused_into_one_tensor_are_named_and_kept_together():
-    from edgekit.workstation.quantization import measures, search
+    from edgekit.workstation.quantization import levers, measures
     from edgekit.workstation.quantization.diagnose import Diagnosis
 
     parents = {"conv_a": ["scale"], "scale": [], "conv": ["conv_a"], "bn": ["conv"],
@@ -230,7 +230,8 @@ def test_layers_fused_into_one_tensor_are_named_and_kept_together():
               for name, nsr in (("conv_a", 0.0), ("relu", 0.9), ("back", 0.9), ("head", 0.9))]
     ranked = measures.rank(errors, parents, computing)
     assert ranked[0].label == "conv + bn + relu"
-    sets = search.candidate_sets([Diagnosis("m.onnx", "int8", [], ranked)], set(computing), parents)
+    sets = sum(levers.keep_float_sets([Diagnosis("m.onnx", "int8", [], ranked)], set(computing),
+                                      parents), [])
     assert sets[0] == ("conv", "bn", "relu")
     assert ("conv", "bn", "relu", "back") in sets[:6]
 

@@ -76,24 +76,6 @@ def make_client(model_path: Path = INT8, **settings: Any) -> TestClient:
     return TestClient(app_module.create_app(served.open_model(model_path), config))
 
 
-@pytest.fixture(scope="module")
-def client():
-    with make_client() as test_client:
-        wait_ready(test_client)
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def reference() -> runtime.LoadedModel:
-    """An independent edgekit.runtime instance of the served model."""
-    return runtime.load(INT8)
-
-
-@pytest.fixture(scope="module")
-def test_pngs(test_split) -> list[bytes]:
-    return [png_bytes(image) for image in test_split.images[:16]]
-
-
 def assert_answer_matches(result: dict[str, Any], expected: np.ndarray, labels: tuple[str, ...]) -> None:
     probabilities = np.asarray(result["probabilities"])
     assert probabilities.shape == expected.shape

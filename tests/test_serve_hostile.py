@@ -246,23 +246,6 @@ def test_trace_on_an_unknown_path_is_a_json_404(client):
     assert response.status_code == 404 and response.json()["error"] == "not_found"
 
 
-@pytest.fixture(scope="module")
-def client():
-    from test_serve import make_client, wait_ready
-
-    with make_client() as test_client:
-        wait_ready(test_client)
-        yield test_client
-
-
-@pytest.fixture(scope="module")
-def reference():
-    from edgekit.device import runtime
-    from test_serve import INT8
-
-    return runtime.load(INT8)
-
-
 # --- the multipart reader -------------------------------------------------------------------
 
 def reader_parts(body: bytes, chunk: int, max_parts: int = 10) -> list[multipart.Part]:

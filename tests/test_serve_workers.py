@@ -18,9 +18,8 @@ import pytest
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install 'edgekit[serve]'")
 httpx = pytest.importorskip("httpx", reason="needs the dev extra (httpx)")
 
-from edgekit.device import runtime  # noqa: E402
 from edgekit.device.serve import measure  # noqa: E402
-from test_serve import INT8, TOLERANCE, expected_probabilities, png_bytes, start_server  # noqa: E402
+from test_serve import TOLERANCE, expected_probabilities, start_server  # noqa: E402
 
 
 def children(pid: int) -> set[int]:
@@ -39,9 +38,7 @@ def worker_pids(pid: int) -> set[int]:
 
 
 @pytest.mark.slow
-def test_two_workers_answer_right_share_the_work_and_stop_cleanly(tmp_path, test_split):
-    reference = runtime.load(INT8)
-    test_pngs = [png_bytes(image) for image in test_split.images[:16]]
+def test_two_workers_answer_right_share_the_work_and_stop_cleanly(tmp_path, reference, test_pngs):
     server = start_server(tmp_path, "--workers", "2", "--quiet")
     try:
         workers = worker_pids(server.process.pid)

@@ -18,7 +18,9 @@ import threading
 from collections.abc import Iterator
 
 VERBOSE_VARIABLE = "EDGEKIT_VERBOSE"
-_lock = threading.Lock()  # fd 2 is one per process: one redirect at a time
+# fd 2 is one per process: one redirect at a time across threads; re-entrant, so a block may
+# open inside another on the same thread (the inner one's text ends up in the outer's file).
+_lock = threading.RLock()
 
 
 @dataclasses.dataclass

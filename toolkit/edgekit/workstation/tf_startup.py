@@ -24,7 +24,6 @@ import importlib.machinery
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
@@ -69,27 +68,15 @@ def without_start_up_lines(text: str) -> str:
 
 @contextlib.contextmanager
 def start_up_quieted() -> Iterator[None]:
-    """Capture fd 2 (native code writes below ``sys.stderr``) and write back what is not noise.
-
-    Not :func:`edgekit.device.quiet.native_stderr`: its lock is not re-entrant, and TensorFlow
-    may be imported inside one of its blocks."""
-    if quiet.verbose():
-        yield
-        return
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        sys.stderr.flush()
-        saved = os.dup(2)
-        try:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield
-            finally:
-                sys.stderr.flush()
-                os.dup2(saved, 2)
-        finally:
-            os.close(saved)
-            sink.seek(0)
-            sys.stderr.write(without_start_up_lines(sink.read().decode("utf-8", errors="replace")))
+    """Capture fd 2 (native code writes below ``sys.stderr``) and write back what is not noise;
+    everything passes when verbose."""
+    captured = None
+    try:
+        with quiet.native_stderr() as captured:
+            yield
+    finally:
+        if captured is not None and captured.text:
+            sys.stderr.write(without_start_up_lines(captured.text))
             sys.stderr.flush()
 
 

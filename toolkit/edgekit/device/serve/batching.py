@@ -257,8 +257,7 @@ class MicroBatcher:
             outcomes = self._run_all(jobs)
         finally:
             self._model_lock.release()
-        for job, outcome in outcomes:
-            _settle(job, outcome)
+        _settle_all(outcomes)
 
     def _call(self, pixels: np.ndarray) -> tuple[np.ndarray, float]:
         """One model call, measured (the caller holds the model lock)."""

@@ -22,6 +22,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    from orjson import dumps as _orjson_dumps
+except ImportError:  # pragma: no cover - the serve extra installs orjson
+    _orjson_dumps = None  # type: ignore[assignment]
+
 from edgekit.device.serve import uploads
 from edgekit.device.serve.batching import BatcherClosed, BatchResult, MicroBatcher
 from edgekit.device.serve.config import DEFAULT_TOP_K, ServeConfig
@@ -145,12 +150,6 @@ class PredictEndpoint:
 def _dumps(answer: dict[str, Any]) -> bytes:
     return _orjson_dumps(answer) if _orjson_dumps is not None else \
         json.dumps(answer, separators=(",", ":")).encode()
-
-
-try:
-    from orjson import dumps as _orjson_dumps
-except ImportError:  # pragma: no cover - the serve extra installs orjson
-    _orjson_dumps = None  # type: ignore[assignment]
 
 
 def _query(query_string: bytes) -> tuple[int, bool]:

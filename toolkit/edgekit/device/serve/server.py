@@ -132,20 +132,21 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-def json_http_protocol() -> type | str:
-    """uvicorn's httptools protocol answering malformed HTTP with the server's JSON error shape,
-    its writes coalesced (:class:`CoalescingTransport`).
+HTTPTOOLS = importlib.util.find_spec("httptools") is not None
 
-    A request uvicorn cannot parse never reaches the app: uvicorn answers it with a plain-text
-    400 itself (``send_400_response``, and a warning line in its log). Same status, same
-    closing of the connection, but the body every other refusal has. Without httptools,
-    uvicorn's own choice ("auto") and its text answer.
-    """
-    if importlib.util.find_spec("httptools") is None:
-        return "auto"
-    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+if HTTPTOOLS:
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol  # noqa: E402
 
     class JsonErrorsProtocol(HttpToolsProtocol):
+        """uvicorn's httptools protocol answering malformed HTTP with the server's JSON error
+        shape, its writes coalesced (:class:`CoalescingTransport`). Defined at module level:
+        worker processes get uvicorn's settings, this class among them, pickled by name.
+
+        A request uvicorn cannot parse never reaches the app: uvicorn answers it with a
+        plain-text 400 itself (``send_400_response``, and a warning line in its log). Same
+        status, same closing of the connection, but the body every other refusal has.
+        """
+
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
@@ -161,29 +162,19 @@ def json_http_protocol() -> type | str:
             self.transport.write(b"".join(content))
             self.transport.close()
 
-    return JsonErrorsProtocol
 
-
-def __getattr__(name: str) -> Any:
-    """``JsonErrorsProtocol``, importable by name: worker processes get uvicorn's settings
-    pickled, and a class made in a function is not."""
-    if name == "JsonErrorsProtocol":
-        protocol = json_http_protocol()
-        if isinstance(protocol, str):
-            raise AttributeError("JsonErrorsProtocol needs httptools")
-        return protocol
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def json_http_protocol() -> type | str:
+    """:class:`JsonErrorsProtocol`; without httptools, uvicorn's own choice ("auto") and its
+    plain-text 400."""
+    return JsonErrorsProtocol if HTTPTOOLS else "auto"
 
 
 def uvicorn_config(app: Any, **settings: Any) -> uvicorn.Config:
     """uvicorn's settings for edgekit serve (``app`` an app, or an import string with
     ``factory=True`` in ``settings``)."""
-    protocol = json_http_protocol()
-    if not isinstance(protocol, str) and isinstance(app, str):  # worker processes import it
-        protocol = f"{__name__}:JsonErrorsProtocol"
     return uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                           timeout_graceful_shutdown=GRACEFUL_SECONDS, server_header=False,
-                          http=protocol, **settings)  # type: ignore[arg-type]
+                          http=json_http_protocol(), **settings)  # type: ignore[arg-type]
 
 
 def run(app: Any, sock: socket.socket) -> str | None:

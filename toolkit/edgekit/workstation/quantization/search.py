@@ -53,13 +53,6 @@ class Step:
                 "passed": self.passed, "artifacts": self.artifacts}
 
 
-def candidate_sets(diagnoses: list[diagnose.Diagnosis], arithmetic: set[str],
-                   parents: dict[str, list[str]]) -> list[tuple[str, ...]]:
-    """Single layers, then pairs, kept float (see ``levers.keep_float_sets``)."""
-    singles, pairs = levers_module.keep_float_sets(diagnoses, arithmetic, parents)
-    return singles + pairs
-
-
 class Trial:
     """Converts and measures the quantised files with given levers, on the validation split."""
 
